@@ -1,0 +1,428 @@
+//! `baton-bench fanout`: many players on one stream, measured.
+//!
+//! Opens N players on one RTMP or HTTP-FLV URL at a fixed connection rate,
+//! lets each read the stream until the run's deadline, and reports how many
+//! could play, what was delivered, and how smoothly: per-player worst gap
+//! between video frame arrivals, timestamp order, and whether each player's
+//! first picture was decodable. Given the server's PID it also reports the
+//! CPU time the server spent during the run.
+//!
+//! HTTP-FLV players are raw TCP with the streaming parser in
+//! [`crate::flv_reader`] (a thousand players must fit on one core); RTMP
+//! players use Baton's own client, which decodes every message.
+//!
+//! Everything runs on one thread (tokio current-thread runtime with a
+//! `LocalSet`), so the bench is pinned to one core and shared counters are
+//! plain `Cell`s.
+
+use std::cell::Cell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, timeout_at, Instant};
+
+use crate::flv_reader::HttpFlvReader;
+use crate::rtmp_client::RtmpPlayer;
+use crate::stats::{gbps, FrameInfo, Outcome, PlayerResult, PlayerTracker, Report, RunInfo};
+use crate::sys;
+
+/// Socket read buffer per HTTP-FLV player.
+const READ_BUF_LEN: usize = 32 * 1024;
+
+/// Where the players connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `rtmp://host[:port]/app/stream`, handed to the RTMP client as is.
+    Rtmp(String),
+    /// `http://host[:port]/path`.
+    HttpFlv {
+        /// `host:port` to connect to.
+        addr: String,
+        /// Value of the `Host` header.
+        host: String,
+        path: String,
+    },
+}
+
+impl Target {
+    pub fn parse(url: &str) -> Result<Target> {
+        if url.starts_with("rtmp://") {
+            return Ok(Target::Rtmp(url.to_string()));
+        }
+        let Some(rest) = url.strip_prefix("http://") else {
+            bail!("unsupported URL {url:?}: expected rtmp://host:port/app/stream or http://host:port/app/stream.flv");
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.is_empty() {
+            bail!("no host in {url:?}");
+        }
+        let addr = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        };
+        Ok(Target::HttpFlv {
+            addr,
+            host: authority.to_string(),
+            path: path.to_string(),
+        })
+    }
+
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            Target::Rtmp(_) => "rtmp",
+            Target::HttpFlv { .. } => "http-flv",
+        }
+    }
+}
+
+/// Options of `baton-bench fanout`.
+#[derive(Debug, Clone)]
+pub struct FanoutOptions {
+    pub url: String,
+    pub players: u64,
+    pub duration: Duration,
+    /// New connections per second.
+    pub ramp: f64,
+    pub connect_timeout: Duration,
+    pub label: String,
+    /// Server processes whose CPU time (with descendants) is measured.
+    pub server_pids: Vec<u32>,
+    pub json: Option<PathBuf>,
+    pub quiet: bool,
+}
+
+/// Live counters shared by all players, for progress lines and the
+/// post-ramp throughput.
+#[derive(Debug, Default)]
+struct Counters {
+    bytes: Cell<u64>,
+    connected: Cell<u64>,
+    failed: Cell<u64>,
+    ended: Cell<u64>,
+}
+
+fn bump(c: &Cell<u64>, by: u64) {
+    c.set(c.get() + by);
+}
+
+/// What every player of a run shares.
+struct PlayerCtx {
+    target: Target,
+    deadline: Instant,
+    connect_timeout: Duration,
+    counters: Counters,
+    /// Stop as soon as a keyframe arrived (for `probe`).
+    stop_at_keyframe: bool,
+}
+
+/// Runs the fan-out and returns its report (also printed and, if asked,
+/// written as JSON). Must run inside a `LocalSet`.
+pub async fn run(opts: FanoutOptions) -> Result<Report> {
+    let target = Target::parse(&opts.url)?;
+    let protocol = target.protocol().to_string();
+    let start = Instant::now();
+    let deadline = start + opts.duration;
+    let ctx = Rc::new(PlayerCtx {
+        target,
+        deadline,
+        connect_timeout: opts.connect_timeout,
+        counters: Counters::default(),
+        stop_at_keyframe: false,
+    });
+    let cpu_before = match opts.server_pids.as_slice() {
+        [] => None,
+        pids => Some(sys::trees_cpu(pids).context("reading the server's CPU time")?),
+    };
+    let client_cpu_before = sys::self_cpu();
+
+    if !opts.quiet {
+        tokio::task::spawn_local(progress(ctx.clone(), start));
+    }
+    let interval = Duration::from_secs_f64(1.0 / opts.ramp);
+    let mut handles = Vec::with_capacity(usize::try_from(opts.players).unwrap_or(0));
+    for i in 0..opts.players {
+        let at = start + interval.mul_f64(i as f64);
+        if at >= deadline {
+            break;
+        }
+        sleep_until(at).await;
+        handles.push(tokio::task::spawn_local(play(ctx.clone())));
+    }
+    let ramp_done = Instant::now();
+    let bytes_at_ramp = ctx.counters.bytes.get();
+
+    sleep_until(deadline).await;
+    let steady_bytes = ctx.counters.bytes.get() - bytes_at_ramp;
+    let server_cpu = match (&cpu_before, opts.server_pids.as_slice()) {
+        (Some(before), pids) => Some(
+            sys::trees_cpu(pids)
+                .context("the server exited during the run")?
+                .saturating_sub(*before),
+        ),
+        (None, _) => None,
+    };
+    let elapsed = start.elapsed();
+
+    let mut results = Vec::with_capacity(handles.len());
+    for h in handles {
+        match h.await {
+            Ok(r) => results.push(r),
+            Err(e) => bail!("a player task panicked: {e}"),
+        }
+    }
+    let client_cpu = sys::self_cpu().saturating_sub(client_cpu_before);
+    let run = RunInfo {
+        label: opts.label.clone(),
+        url: opts.url.clone(),
+        protocol,
+        players_requested: opts.players,
+        duration: opts.duration,
+        elapsed,
+        steady_bytes,
+        steady_elapsed: deadline.saturating_duration_since(ramp_done),
+        server_cpu,
+        client_cpu,
+    };
+    let report = Report::build(&run, &mut results);
+    print!("{report}");
+    if let Some(path) = &opts.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(report)
+}
+
+/// Plays `url` with one player until a keyframe arrives; fails after
+/// `timeout`. Scripts use it to wait until a stream is live.
+pub async fn probe(url: &str, timeout: Duration) -> Result<()> {
+    let ctx = Rc::new(PlayerCtx {
+        target: Target::parse(url)?,
+        deadline: Instant::now() + timeout,
+        connect_timeout: timeout,
+        counters: Counters::default(),
+        stop_at_keyframe: true,
+    });
+    let result = play(ctx).await;
+    if let Outcome::Failed(e) = &result.outcome {
+        bail!("{url}: {e}");
+    }
+    match result.tracker.first_keyframe_at {
+        Some(at) => {
+            println!(
+                "{url}: keyframe after {:.0} ms",
+                at.saturating_duration_since(result.started).as_secs_f64() * 1000.0
+            );
+            Ok(())
+        }
+        None => bail!(
+            "{url}: no keyframe within {timeout:?} ({} frames)",
+            result.tracker.video_frames + result.tracker.audio_frames
+        ),
+    }
+}
+
+async fn progress(ctx: Rc<PlayerCtx>, start: Instant) {
+    let mut last_bytes = 0;
+    let mut tick = start;
+    loop {
+        tick += Duration::from_secs(1);
+        if tick > ctx.deadline {
+            return;
+        }
+        sleep_until(tick).await;
+        let c = &ctx.counters;
+        let bytes = c.bytes.get();
+        eprintln!(
+            "[{:>5.1}s] connected {} failed {} ended early {} | {:.3} Gbit/s",
+            tick.duration_since(start).as_secs_f64(),
+            c.connected.get(),
+            c.failed.get(),
+            c.ended.get(),
+            gbps(bytes - last_bytes, Duration::from_secs(1))
+        );
+        last_bytes = bytes;
+    }
+}
+
+/// One player, whichever the protocol.
+async fn play(ctx: Rc<PlayerCtx>) -> PlayerResult {
+    let started = Instant::now();
+    let mut result = PlayerResult {
+        outcome: Outcome::Completed,
+        started: started.into_std(),
+        connect_time: None,
+        tracker: PlayerTracker::new(),
+    };
+    let outcome = match &ctx.target {
+        Target::HttpFlv { addr, host, path } => {
+            play_http(&ctx, addr, host, path, &mut result).await
+        }
+        Target::Rtmp(url) => play_rtmp(&ctx, url, &mut result).await,
+    };
+    let c = &ctx.counters;
+    match &outcome {
+        Outcome::Failed(_) => bump(&c.failed, 1),
+        Outcome::EndedEarly(_) => bump(&c.ended, 1),
+        Outcome::Completed => {}
+    }
+    result.outcome = outcome;
+    result
+}
+
+async fn play_http(
+    ctx: &PlayerCtx,
+    addr: &str,
+    host: &str,
+    path: &str,
+    result: &mut PlayerResult,
+) -> Outcome {
+    let connect_deadline = ctx.deadline.min(Instant::now() + ctx.connect_timeout);
+    let mut stream = match timeout_at(connect_deadline, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Outcome::Failed(format!("connect: {e}")),
+        Err(_) => return Outcome::Failed("connect: timed out".into()),
+    };
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: baton-bench\r\nAccept: */*\r\n\r\n"
+    );
+    if let Err(e) = stream.write_all(request.as_bytes()).await {
+        return Outcome::Failed(format!("sending request: {e}"));
+    }
+    let mut reader = HttpFlvReader::new();
+    let mut buf = vec![0u8; READ_BUF_LEN];
+    let counters = &ctx.counters;
+    let tracker = &mut result.tracker;
+    let mut connected = false;
+    // Until the response head arrives this is the connect deadline, then
+    // the end of the run: one timer per player, not one per read.
+    let end = tokio::time::sleep_until(connect_deadline);
+    tokio::pin!(end);
+    loop {
+        let read = tokio::select! {
+            biased;
+            _ = &mut end => break,
+            r = stream.read(&mut buf) => r,
+        };
+        let n = match read {
+            Ok(0) if connected => {
+                return Outcome::EndedEarly("server closed the connection".into())
+            }
+            Ok(0) => {
+                return Outcome::Failed("server closed the connection before responding".into())
+            }
+            Ok(n) => n,
+            Err(e) if connected => return Outcome::EndedEarly(format!("read: {e}")),
+            Err(e) => return Outcome::Failed(format!("read: {e}")),
+        };
+        let now = std::time::Instant::now();
+        tracker.bytes += n as u64;
+        bump(&counters.bytes, n as u64);
+        let pushed = reader.push(&buf[..n], &mut |info: FrameInfo| {
+            tracker.on_frame(&info, now)
+        });
+        match pushed {
+            Ok(outcome) => {
+                if outcome.head_done && !connected {
+                    connected = true;
+                    end.as_mut().reset(ctx.deadline);
+                    result.connect_time = Some(now.saturating_duration_since(result.started));
+                    bump(&counters.connected, 1);
+                }
+                if outcome.body_done {
+                    return Outcome::EndedEarly("server ended the response".into());
+                }
+            }
+            Err(e) if connected => return Outcome::EndedEarly(e.to_string()),
+            Err(e) => return Outcome::Failed(e.to_string()),
+        }
+        if ctx.stop_at_keyframe && tracker.first_keyframe_at.is_some() {
+            break;
+        }
+    }
+    if connected {
+        Outcome::Completed
+    } else {
+        Outcome::Failed("no HTTP response: timed out".into())
+    }
+}
+
+async fn play_rtmp(ctx: &PlayerCtx, url: &str, result: &mut PlayerResult) -> Outcome {
+    let connect_deadline = ctx.deadline.min(Instant::now() + ctx.connect_timeout);
+    let mut player = match timeout_at(connect_deadline, RtmpPlayer::connect(url)).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return Outcome::Failed(format!("{e}")),
+        Err(_) => return Outcome::Failed("connect/play: timed out".into()),
+    };
+    let counters = &ctx.counters;
+    let tracker = &mut result.tracker;
+    result.connect_time = Some(result.started.elapsed());
+    bump(&counters.connected, 1);
+    let mut last_bytes = player.bytes_received();
+    bump(&counters.bytes, last_bytes);
+    let end = tokio::time::sleep_until(ctx.deadline);
+    tokio::pin!(end);
+    let outcome = loop {
+        let frame = tokio::select! {
+            biased;
+            _ = &mut end => break Outcome::Completed,
+            f = player.next_frame() => f,
+        };
+        match frame {
+            Ok(Some(frame)) => {
+                tracker.on_frame(&FrameInfo::from_media(&frame), std::time::Instant::now());
+                let bytes = player.bytes_received();
+                bump(&counters.bytes, bytes.saturating_sub(last_bytes));
+                last_bytes = bytes;
+                if ctx.stop_at_keyframe && tracker.first_keyframe_at.is_some() {
+                    break Outcome::Completed;
+                }
+            }
+            Ok(None) => break Outcome::EndedEarly("stream ended".into()),
+            Err(e) => break Outcome::EndedEarly(format!("{e}")),
+        }
+    };
+    tracker.bytes = player.bytes_received();
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_targets() {
+        assert_eq!(
+            Target::parse("rtmp://127.0.0.1:1935/live/bench").expect("rtmp"),
+            Target::Rtmp("rtmp://127.0.0.1:1935/live/bench".into())
+        );
+        assert_eq!(
+            Target::parse("http://127.0.0.1:18080/live/bench.flv").expect("http"),
+            Target::HttpFlv {
+                addr: "127.0.0.1:18080".into(),
+                host: "127.0.0.1:18080".into(),
+                path: "/live/bench.flv".into()
+            }
+        );
+        assert_eq!(
+            Target::parse("http://localhost/a.flv").expect("http"),
+            Target::HttpFlv {
+                addr: "localhost:80".into(),
+                host: "localhost".into(),
+                path: "/a.flv".into()
+            }
+        );
+        assert!(Target::parse("https://x/y").is_err());
+        assert!(Target::parse("http:///y").is_err());
+    }
+}

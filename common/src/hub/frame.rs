@@ -1,0 +1,66 @@
+//! A frame as the hub stores it: the publisher's [`MediaFrame`] plus its
+//! wire encodings, each computed at most once and then shared.
+//!
+//! This is where "encode once, share the bytes with every player" is kept:
+//! the first RTMP player to need a frame chunks it, the first HTTP-FLV
+//! player frames it as a tag, and every other player of the stream writes
+//! the very same `Bytes` (a reference-count bump, never a payload copy).
+
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+
+use crate::flv;
+use crate::media::{MediaFrame, MediaKind};
+use crate::rtmp::chunk::{encode_standalone, RawMessage};
+use crate::rtmp::message::csid;
+use crate::rtmp::session::{OUT_CHUNK_SIZE, PLAY_STREAM_ID};
+
+#[derive(Debug)]
+pub struct SharedFrame {
+    pub frame: MediaFrame,
+    rtmp: OnceLock<Bytes>,
+    flv: OnceLock<Bytes>,
+}
+
+impl SharedFrame {
+    pub fn new(frame: MediaFrame) -> Self {
+        SharedFrame {
+            frame,
+            rtmp: OnceLock::new(),
+            flv: OnceLock::new(),
+        }
+    }
+
+    /// The frame as RTMP chunks for a player on [`PLAY_STREAM_ID`] with our
+    /// [`OUT_CHUNK_SIZE`]: a fmt-0 first chunk, so it does not depend on what
+    /// was written before it on the connection.
+    pub fn rtmp_chunks(&self) -> &Bytes {
+        self.rtmp.get_or_init(|| {
+            let chunk_stream = match self.frame.kind {
+                MediaKind::Audio => csid::AUDIO,
+                MediaKind::Video => csid::VIDEO,
+                MediaKind::Data => csid::STREAM_COMMAND,
+            };
+            encode_standalone(
+                OUT_CHUNK_SIZE,
+                &RawMessage {
+                    csid: chunk_stream,
+                    timestamp: self.frame.timestamp,
+                    type_id: self.frame.kind.type_id(),
+                    stream_id: PLAY_STREAM_ID,
+                    payload: self.frame.payload.clone(),
+                },
+            )
+        })
+    }
+
+    /// The frame as one complete FLV tag.
+    pub fn flv_tag(&self) -> &Bytes {
+        self.flv.get_or_init(|| flv::encode_tag(&self.frame))
+    }
+
+    pub fn wire_len(&self) -> usize {
+        self.frame.payload.len()
+    }
+}

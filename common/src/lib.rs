@@ -1,0 +1,18 @@
+//! Baton's shared core.
+//!
+//! Everything the origin and the edge have in common lives here so that both
+//! speak the same protocols with the same code: the media model, the sans-IO
+//! RTMP and FLV codecs with their thin tokio glue, the stream hub that fans a
+//! publisher out to players, the process lifecycle (signals, drain), the
+//! configuration loader and telemetry.
+
+pub mod amf0;
+pub mod clients;
+pub mod config;
+pub mod flv;
+pub mod handover;
+pub mod hub;
+pub mod lifecycle;
+pub mod media;
+pub mod rtmp;
+pub mod telemetry;

@@ -1,0 +1,61 @@
+//! The accept loop every client listener runs: stop when told to, bound
+//! the number of connections, and survive accept errors (EMFILE and
+//! friends) without spinning.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::OriginContext;
+
+pub struct AcceptedConn {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+}
+
+/// Accept until `stop_accepting` fires, spawning `handle` per connection.
+/// The listener is returned to the caller's scope only by being dropped
+/// here; with a hand-over, the successor holds its own duplicate, so the
+/// socket and its queue live on.
+pub async fn accept_loop<F, Fut>(
+    name: &'static str,
+    listener: TcpListener,
+    ctx: Arc<OriginContext>,
+    handle: F,
+) where
+    F: Fn(AcceptedConn) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let stop = ctx.shutdown.stop_accepting.clone();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                if ctx.clients.count() >= ctx.settings.max_connections {
+                    metrics::counter!("baton_connections_refused_total", "listener" => name)
+                        .increment(1);
+                    tracing::warn!(
+                        listener = name,
+                        %peer,
+                        max = ctx.settings.max_connections,
+                        "connection refused: max_connections reached"
+                    );
+                    continue;
+                }
+                tokio::spawn(handle(AcceptedConn { stream, peer }));
+            }
+            Err(error) => {
+                tracing::warn!(listener = name, %error, "accept failed; retrying shortly");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    tracing::info!(listener = name, "stopped accepting");
+}

@@ -1,0 +1,319 @@
+//! HTTP-FLV playback: `GET /{app}/{stream}.flv` streams the FLV header,
+//! the cached metadata, sequence headers and GOP, then live tags, with a
+//! CORS header so browser players (mpegts.js, flv.js) can use it.
+//!
+//! hyper does the HTTP; this module maps a request to a hub subscription
+//! and the subscription to body chunks, each chunk one shared FLV tag.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_common::clients::{ClientGuard, ClientRole, Transport};
+use baton_common::flv;
+use baton_common::hub::{HubItem, StreamKey};
+use bytes::Bytes;
+use futures_util::stream;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
+
+use crate::accept::{accept_loop, AcceptedConn};
+use crate::playback::{Playback, Step};
+use crate::stall::{StallClock, StallIo};
+use crate::OriginContext;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+pub async fn serve(listener: TcpListener, ctx: Arc<OriginContext>) {
+    accept_loop(
+        "http-flv",
+        listener,
+        ctx.clone(),
+        move |conn: AcceptedConn| {
+            let ctx = ctx.clone();
+            async move { handle_connection(conn.stream, conn.peer, ctx).await }
+        },
+    )
+    .await;
+}
+
+async fn handle_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<OriginContext>) {
+    let guard = Arc::new(ctx.clients.register(peer, Transport::HttpFlv));
+    let span = tracing::info_span!(
+        "http-flv",
+        client = guard.id(),
+        %peer,
+        stream = tracing::field::Empty,
+        role = tracing::field::Empty
+    );
+    async move {
+        let _ = stream.set_nodelay(true);
+        let (io, clock) = StallIo::new(stream);
+        let service = {
+            let (ctx, guard) = (ctx.clone(), guard.clone());
+            service_fn(move |req| {
+                let (ctx, guard) = (ctx.clone(), guard.clone());
+                async move { Ok::<_, Infallible>(route(req, ctx, guard).await) }
+            })
+        };
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(ctx.settings.handshake_timeout)
+            .max_buf_size(64 * 1024)
+            .serve_connection(TokioIo::new(io), service);
+        let reason = drive(conn, &ctx, &guard, &clock).await;
+        let bytes = clock.bytes_written();
+        guard.entry().add_bytes_out(bytes);
+        tracing::info!(reason, bytes_out = bytes, "disconnected");
+    }
+    .instrument(span)
+    .await
+}
+
+/// Run the connection until it ends, a shutdown or kick ends it, or its
+/// writes stall past the player write timeout.
+async fn drive<C>(
+    conn: C,
+    ctx: &OriginContext,
+    guard: &ClientGuard,
+    clock: &StallClock,
+) -> &'static str
+where
+    C: std::future::Future<Output = hyper::Result<()>> + GracefulConn,
+{
+    let mut conn = std::pin::pin!(conn);
+    let stall_limit = ctx.settings.player_write_timeout;
+    let mut watchdog = tokio::time::interval(Duration::from_millis(500));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                return match result {
+                    Ok(()) => "connection closed",
+                    Err(e) if e.is_timeout() => "no request within handshake_timeout",
+                    Err(_) => "connection error",
+                };
+            }
+            _ = ctx.shutdown.close_all.cancelled(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = guard.entry().kick.cancelled(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = watchdog.tick() => {
+                if clock.blocked_for() > stall_limit {
+                    return "player accepted no data within player_write_timeout";
+                }
+            }
+        }
+    }
+}
+
+/// hyper's connection types expose graceful shutdown on a pinned future.
+trait GracefulConn {
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S> GracefulConn for hyper::server::conn::http1::Connection<I, S>
+where
+    S: hyper::service::HttpService<Incoming>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        hyper::server::conn::http1::Connection::graceful_shutdown(self)
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed());
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        "text/plain; charset=utf-8".parse().expect("static"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        "*".parse().expect("static"),
+    );
+    response
+}
+
+/// `/{app...}/{stream}.flv` → key.
+fn parse_path(path: &str) -> Option<StreamKey> {
+    let path = path.strip_prefix('/')?;
+    let (app, file) = path.rsplit_once('/')?;
+    let stream = file.strip_suffix(".flv")?;
+    if app.is_empty() || stream.is_empty() || app.len() > 256 || stream.len() > 256 {
+        return None;
+    }
+    Some(StreamKey::new(app, stream))
+}
+
+async fn route(
+    req: Request<Incoming>,
+    ctx: Arc<OriginContext>,
+    guard: Arc<ClientGuard>,
+) -> Response<Body> {
+    if req.method() == Method::OPTIONS {
+        let mut response = text(StatusCode::NO_CONTENT, "");
+        let headers = response.headers_mut();
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            "GET, HEAD, OPTIONS".parse().expect("static"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            "*".parse().expect("static"),
+        );
+        return response;
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and HEAD are supported\n",
+        );
+    }
+    let Some(key) = parse_path(req.uri().path()) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found: play URLs look like /{app}/{stream}.flv\n",
+        );
+    };
+    if req.method() == Method::HEAD {
+        let published = ctx.hub.source(&key).is_some_and(|s| s.is_publishing());
+        return if published {
+            flv_response(Full::new(Bytes::new()).boxed())
+        } else {
+            text(StatusCode::NOT_FOUND, "stream not found\n")
+        };
+    }
+    play(key, ctx, guard).await
+}
+
+fn flv_response(body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, "video/x-flv".parse().expect("static"));
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        "*".parse().expect("static"),
+    );
+    headers.insert(header::CACHE_CONTROL, "no-cache".parse().expect("static"));
+    response
+}
+
+async fn play(key: StreamKey, ctx: Arc<OriginContext>, guard: Arc<ClientGuard>) -> Response<Body> {
+    let span = tracing::Span::current();
+    span.record("stream", tracing::field::display(&key));
+    span.record("role", "player");
+    guard.set_role(ClientRole::Player, Some(key.clone()));
+    let subscriber = ctx.hub.subscribe(&key);
+    let mut playback = Playback::new(
+        subscriber,
+        ctx.shutdown.clone(),
+        guard.entry().kick.clone(),
+        ctx.settings.play_wait_timeout,
+        ctx.settings.write_coalesce,
+    );
+    // Hold the response until there is a publisher (bounded), so a missing
+    // stream is a 404 rather than an empty 200.
+    let mut first = Vec::new();
+    while playback.is_waiting_for_publisher() {
+        match playback.next().await {
+            Ok(Step::Items { items, .. }) => first.extend(items),
+            Ok(Step::Stop(_)) | Err(_) => {
+                guard.set_role(ClientRole::Pending, None);
+                tracing::info!("play refused: stream not published");
+                return text(StatusCode::NOT_FOUND, "stream not found\n");
+            }
+        }
+    }
+    tracing::info!("play started");
+    let source = playback.source().clone();
+    let header = flv::file_header(true, true);
+    let first_tags: Vec<Bytes> = std::iter::once(header).chain(tags_of(first)).collect();
+    let initial = stream::iter(first_tags.into_iter().map(|b| Ok(Frame::data(b))));
+    let live = stream::unfold(Some(playback), move |state| {
+        let source = source.clone();
+        async move {
+            let mut playback = state?;
+            loop {
+                match playback.next().await {
+                    Ok(Step::Items { items, then_stop }) => {
+                        let tags = tags_of(items);
+                        let bytes: u64 = tags.iter().map(|t| t.len() as u64).sum();
+                        source.add_bytes_out(bytes);
+                        let next = if then_stop.is_some() {
+                            None
+                        } else {
+                            Some(playback)
+                        };
+                        if tags.is_empty() {
+                            if next.is_none() {
+                                return None;
+                            }
+                            playback = next?;
+                            continue;
+                        }
+                        return Some((
+                            stream::iter(tags.into_iter().map(|b| Ok(Frame::data(b)))),
+                            next,
+                        ));
+                    }
+                    Ok(Step::Stop(reason)) => {
+                        tracing::info!(reason, "play ended");
+                        return None;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "play ended");
+                        return None;
+                    }
+                }
+            }
+        }
+    });
+    use futures_util::StreamExt;
+    let body = StreamBody::new(initial.chain(live.flatten()));
+    flv_response(BodyExt::boxed(body))
+}
+
+fn tags_of(items: Vec<HubItem>) -> Vec<Bytes> {
+    items
+        .into_iter()
+        .filter_map(|item| match item {
+            HubItem::Frame(frame) => Some(frame.flv_tag().clone()),
+            HubItem::Unpublished | HubItem::Published => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn play_paths() {
+        assert_eq!(
+            parse_path("/live/cam.flv"),
+            Some(StreamKey::new("live", "cam"))
+        );
+        assert_eq!(
+            parse_path("/a/b/cam.flv"),
+            Some(StreamKey::new("a/b", "cam"))
+        );
+        assert_eq!(parse_path("/live/cam"), None);
+        assert_eq!(parse_path("/cam.flv"), None);
+        assert_eq!(parse_path("/live/.flv"), None);
+    }
+}

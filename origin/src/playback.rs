@@ -1,0 +1,128 @@
+//! What every player connection does between the hub and its socket,
+//! whatever the protocol: take batches from its [`Subscriber`], honour
+//! kicks and shutdown, bound how long it waits for a publisher, and at a
+//! drain deadline stop cleanly at a keyframe boundary.
+//!
+//! The protocol glue (RTMP, HTTP-FLV) only turns the items into bytes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_common::hub::{HubItem, SubscribeError, Subscriber};
+use baton_common::lifecycle::Shutdown;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Most items taken from the hub for one write.
+const MAX_BATCH: usize = 256;
+/// At a drain deadline, how long a player may wait for a keyframe boundary.
+const KEYFRAME_BOUNDARY_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Debug)]
+pub enum Step {
+    /// Items to write, in order. `then_stop` is set when the connection
+    /// must end right after writing them.
+    Items {
+        items: Vec<HubItem>,
+        then_stop: Option<&'static str>,
+    },
+    Stop(&'static str),
+}
+
+pub struct Playback {
+    subscriber: Subscriber,
+    shutdown: Shutdown,
+    kick: CancellationToken,
+    play_wait_timeout: Duration,
+    write_coalesce: Duration,
+    /// When the stream lost (or never had) its publisher.
+    unpublished_since: Option<Instant>,
+    closing_since: Option<Instant>,
+}
+
+impl Playback {
+    pub fn new(
+        subscriber: Subscriber,
+        shutdown: Shutdown,
+        kick: CancellationToken,
+        play_wait_timeout: Duration,
+        write_coalesce: Duration,
+    ) -> Self {
+        let published = subscriber.source().is_publishing();
+        Playback {
+            subscriber,
+            shutdown,
+            kick,
+            play_wait_timeout,
+            write_coalesce,
+            unpublished_since: (!published).then(Instant::now),
+            closing_since: None,
+        }
+    }
+
+    pub fn source(&self) -> &Arc<baton_common::hub::Source> {
+        self.subscriber.source()
+    }
+
+    pub fn is_waiting_for_publisher(&self) -> bool {
+        self.unpublished_since.is_some()
+    }
+
+    pub async fn next(&mut self) -> Result<Step, SubscribeError> {
+        let mut items = Vec::new();
+        loop {
+            let wait_deadline = self.unpublished_since.map(|t| t + self.play_wait_timeout);
+            let closing_deadline = self.closing_since.map(|t| t + KEYFRAME_BOUNDARY_WAIT);
+            tokio::select! {
+                biased;
+                _ = self.shutdown.close_all.cancelled() => return Ok(Step::Stop("server shutting down")),
+                _ = self.kick.cancelled() => return Ok(Step::Stop("kicked through the API")),
+                _ = self.shutdown.close_players.cancelled(), if self.closing_since.is_none() => {
+                    self.closing_since = Some(Instant::now());
+                    continue;
+                }
+                _ = sleep_until_opt(wait_deadline) => return Ok(Step::Stop("no publisher within play_wait_timeout")),
+                _ = sleep_until_opt(closing_deadline) => return Ok(Step::Stop("drain deadline")),
+                result = self.subscriber.next_batch(&mut items, MAX_BATCH) => result?,
+            }
+            if !self.write_coalesce.is_zero() && self.closing_since.is_none() {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.write_coalesce) => {}
+                    _ = self.shutdown.close_all.cancelled() => {}
+                    _ = self.kick.cancelled() => {}
+                }
+                self.subscriber.try_batch(&mut items, MAX_BATCH * 4)?;
+            }
+            for item in &items {
+                match item {
+                    HubItem::Unpublished => self.unpublished_since = Some(Instant::now()),
+                    HubItem::Published => self.unpublished_since = None,
+                    HubItem::Frame(_) => {}
+                }
+            }
+            if self.closing_since.is_some() {
+                if let Some(at) = items
+                    .iter()
+                    .position(|i| matches!(i, HubItem::Frame(f) if f.frame.is_keyframe()))
+                {
+                    items.truncate(at);
+                    return Ok(Step::Items {
+                        items,
+                        then_stop: Some("drain deadline (at a keyframe boundary)"),
+                    });
+                }
+            }
+            return Ok(Step::Items {
+                items,
+                then_stop: None,
+            });
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

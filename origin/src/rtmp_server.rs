@@ -1,0 +1,436 @@
+//! RTMP on the origin: the accept loop and one task per connection that
+//! drives the sans-IO [`ServerSession`] and connects it to the hub, as a
+//! publisher or as a player.
+//!
+//! The connection task is deliberately thin: read bytes into the session,
+//! act on its events, write what it (and, for a player, the hub) has to
+//! send. Protocol decisions live in the session; stream decisions in the
+//! hub; this file only joins them and enforces the timeouts.
+
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use baton_common::clients::{ClientGuard, ClientRole, Transport};
+use baton_common::hub::{HubItem, PublishError, PublisherInfo, StreamKey};
+use baton_common::rtmp::chunk::{encode_standalone, RawMessage};
+use baton_common::rtmp::message::csid;
+use baton_common::rtmp::session::{ServerEvent, ServerSession, SessionConfig, PLAY_STREAM_ID};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::accept::{accept_loop, AcceptedConn};
+use crate::playback::{Playback, Step};
+use crate::OriginContext;
+
+const READ_CHUNK: usize = 64 * 1024;
+
+pub async fn serve(listener: TcpListener, ctx: Arc<OriginContext>) {
+    accept_loop("rtmp", listener, ctx.clone(), move |conn: AcceptedConn| {
+        let ctx = ctx.clone();
+        async move { handle_connection(conn.stream, conn.peer, ctx).await }
+    })
+    .await;
+}
+
+async fn handle_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<OriginContext>) {
+    let guard = ctx.clients.register(peer, Transport::Rtmp);
+    let span = tracing::info_span!(
+        "rtmp",
+        client = guard.id(),
+        %peer,
+        stream = tracing::field::Empty,
+        role = tracing::field::Empty
+    );
+    async move {
+        tracing::debug!("connected");
+        let _ = stream.set_nodelay(true);
+        match Connection::new(stream, guard, ctx).run().await {
+            Ok(reason) => tracing::info!(reason, "disconnected"),
+            Err(error) => tracing::warn!(error = format!("{error:#}"), "disconnected"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+struct Connection {
+    reader: OwnedReadHalf,
+    writer: OwnedWriteHalf,
+    input: BytesMut,
+    session: ServerSession,
+    guard: ClientGuard,
+    ctx: Arc<OriginContext>,
+}
+
+/// What the client asked for once connected.
+enum Intent {
+    Publish { stream_id: u32, key: StreamKey },
+    Play { stream_id: u32, key: StreamKey },
+}
+
+impl Connection {
+    fn new(stream: TcpStream, guard: ClientGuard, ctx: Arc<OriginContext>) -> Self {
+        let (reader, writer) = stream.into_split();
+        Connection {
+            reader,
+            writer,
+            input: BytesMut::with_capacity(READ_CHUNK),
+            session: ServerSession::new(SessionConfig::default()),
+            guard,
+            ctx,
+        }
+    }
+
+    async fn run(mut self) -> anyhow::Result<&'static str> {
+        let timeout = self.ctx.settings.handshake_timeout;
+        let (close_all, kick) = self.stop_tokens();
+        let intent = tokio::select! {
+            r = tokio::time::timeout(timeout, self.negotiate()) => match r {
+                Ok(intent) => intent?,
+                Err(_) => bail!("no publish or play within handshake_timeout ({timeout:?})"),
+            },
+            _ = close_all.cancelled() => return Ok("server shutting down"),
+            _ = kick.cancelled() => return Ok("kicked through the API"),
+        };
+        let Some(intent) = intent else {
+            return Ok("peer closed before publish or play");
+        };
+        match intent {
+            Intent::Publish { stream_id, key } => self.publish(stream_id, key).await,
+            Intent::Play { stream_id, key } => self.play(stream_id, key).await,
+        }
+    }
+
+    /// The tokens that end this connection: process shutdown, API kick.
+    fn stop_tokens(&self) -> (CancellationToken, CancellationToken) {
+        (
+            self.ctx.shutdown.close_all.clone(),
+            self.guard.entry().kick.clone(),
+        )
+    }
+
+    /// Read until the session has the bytes it wants written, flushing them.
+    async fn read_some(&mut self) -> anyhow::Result<bool> {
+        self.input.reserve(READ_CHUNK);
+        let n = self
+            .reader
+            .read_buf(&mut self.input)
+            .await
+            .context("read failed")?;
+        if n == 0 {
+            return Ok(false);
+        }
+        self.guard.entry().add_bytes_in(n as u64);
+        self.session
+            .handle_input(&mut self.input)
+            .map_err(|e| anyhow!("protocol error: {e}"))?;
+        Ok(true)
+    }
+
+    async fn flush_session(&mut self) -> anyhow::Result<()> {
+        while let Some(bytes) = self.session.take_output() {
+            self.writer
+                .write_all(&bytes)
+                .await
+                .context("write failed")?;
+            self.guard.entry().add_bytes_out(bytes.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// Handshake, connect, createStream... until publish or play.
+    async fn negotiate(&mut self) -> anyhow::Result<Option<Intent>> {
+        loop {
+            if !self.read_some().await? {
+                return Ok(None);
+            }
+            while let Some(event) = self.session.poll_event() {
+                match event {
+                    ServerEvent::Connected { app, tc_url } => {
+                        tracing::debug!(app, tc_url = tc_url.as_deref().unwrap_or(""), "connect");
+                    }
+                    ServerEvent::PublishRequested {
+                        stream_id, stream, ..
+                    } => {
+                        let key = self.stream_key(&stream)?;
+                        self.flush_session().await?;
+                        return Ok(Some(Intent::Publish { stream_id, key }));
+                    }
+                    ServerEvent::PlayRequested {
+                        stream_id, stream, ..
+                    } => {
+                        let key = self.stream_key(&stream)?;
+                        self.flush_session().await?;
+                        return Ok(Some(Intent::Play { stream_id, key }));
+                    }
+                    other => tracing::debug!(?other, "ignored before publish/play"),
+                }
+            }
+            self.flush_session().await?;
+        }
+    }
+
+    fn stream_key(&self, stream: &str) -> anyhow::Result<StreamKey> {
+        let app = self.session.app().unwrap_or_default();
+        if app.is_empty() || stream.is_empty() {
+            bail!("empty app or stream name (app {app:?}, stream {stream:?})");
+        }
+        if app.len() > 256 || stream.len() > 256 {
+            bail!("app or stream name longer than 256 bytes");
+        }
+        Ok(StreamKey::new(app, stream))
+    }
+
+    async fn publish(mut self, stream_id: u32, key: StreamKey) -> anyhow::Result<&'static str> {
+        let span = tracing::Span::current();
+        span.record("stream", tracing::field::display(&key));
+        span.record("role", "publisher");
+        let info = PublisherInfo {
+            client_id: self.guard.id(),
+            peer: self.guard.entry().peer,
+        };
+        let publisher = match self.ctx.hub.publish(key.clone(), info) {
+            Ok(publisher) => publisher,
+            Err(PublishError::AlreadyPublishing(_)) => {
+                self.session.reject_publish(
+                    stream_id,
+                    "NetStream.Publish.BadName",
+                    &format!("{key} is already publishing"),
+                );
+                self.flush_session().await?;
+                tracing::warn!("publish refused: stream already publishing");
+                return Ok("publish refused: stream already publishing");
+            }
+        };
+        self.guard.set_role(ClientRole::Publisher, Some(key));
+        self.session.accept_publish(stream_id);
+        self.flush_session().await?;
+        tracing::info!("publish started");
+
+        let idle = self.ctx.settings.publish_idle_timeout;
+        let (close_all, kick) = self.stop_tokens();
+        loop {
+            let more = tokio::select! {
+                r = tokio::time::timeout(idle, self.read_some()) => match r {
+                    Ok(more) => more?,
+                    Err(_) => bail!("publisher sent nothing for {idle:?}"),
+                },
+                _ = close_all.cancelled() => return Ok("server shutting down"),
+                _ = kick.cancelled() => return Ok("kicked through the API"),
+            };
+            if !more {
+                return Ok("publisher closed the connection");
+            }
+            while let Some(event) = self.session.poll_event() {
+                match event {
+                    ServerEvent::Media { frame, .. } => publisher.push(frame),
+                    ServerEvent::Unpublished { .. } => {
+                        self.flush_session().await.ok();
+                        return Ok("unpublished");
+                    }
+                    ServerEvent::PublishRequested { stream_id, .. } => self.session.reject_publish(
+                        stream_id,
+                        "NetStream.Publish.BadConnection",
+                        "one publish per connection",
+                    ),
+                    ServerEvent::PlayRequested { stream_id, .. } => self.session.reject_play(
+                        stream_id,
+                        "NetStream.Play.Failed",
+                        "a publishing connection cannot play",
+                    ),
+                    _ => {}
+                }
+            }
+            self.flush_session().await?;
+        }
+    }
+
+    async fn play(mut self, stream_id: u32, key: StreamKey) -> anyhow::Result<&'static str> {
+        let span = tracing::Span::current();
+        span.record("stream", tracing::field::display(&key));
+        span.record("role", "player");
+        self.guard.set_role(ClientRole::Player, Some(key.clone()));
+        let subscriber = self.ctx.hub.subscribe(&key);
+        let mut playback = Playback::new(
+            subscriber,
+            self.ctx.shutdown.clone(),
+            self.guard.entry().kick.clone(),
+            self.ctx.settings.play_wait_timeout,
+            self.ctx.settings.write_coalesce,
+        );
+        let mut started = !playback.is_waiting_for_publisher();
+        if started {
+            self.session.accept_play(stream_id);
+            self.flush_session().await?;
+            tracing::info!("play started");
+        } else {
+            tracing::info!("play waiting for the publisher");
+        }
+        let shared_bytes = stream_id == PLAY_STREAM_ID;
+        let source = playback.source().clone();
+        let write_timeout = self.ctx.settings.player_write_timeout;
+        let mut segments: Vec<Bytes> = Vec::with_capacity(64);
+        loop {
+            let step = tokio::select! {
+                step = playback.next() => step.map_err(|e| anyhow!("{e}"))?,
+                more = self.read_some() => {
+                    if !more? {
+                        return Ok("player closed the connection");
+                    }
+                    if self.take_player_events() {
+                        return Ok("player stopped");
+                    }
+                    self.flush_session().await?;
+                    continue;
+                }
+            };
+            let (items, then_stop) = match step {
+                Step::Items { items, then_stop } => (items, then_stop),
+                Step::Stop(reason) => {
+                    if !started {
+                        self.session.reject_play(
+                            stream_id,
+                            "NetStream.Play.StreamNotFound",
+                            &format!("{key} is not published"),
+                        );
+                    } else {
+                        self.session.notify_unpublish(stream_id);
+                    }
+                    self.flush_session().await.ok();
+                    return Ok(reason);
+                }
+            };
+            for item in items {
+                match item {
+                    HubItem::Frame(frame) => {
+                        if !started {
+                            continue;
+                        }
+                        self.queue_session_output(&mut segments);
+                        segments.push(if shared_bytes {
+                            frame.rtmp_chunks().clone()
+                        } else {
+                            encode_for_stream(&frame.frame, stream_id)
+                        });
+                    }
+                    HubItem::Unpublished => {
+                        if started {
+                            self.session.notify_unpublish(stream_id);
+                        }
+                    }
+                    HubItem::Published => {
+                        if started {
+                            self.session.notify_publish(stream_id);
+                        } else {
+                            self.session.accept_play(stream_id);
+                            started = true;
+                            tracing::info!("play started");
+                        }
+                    }
+                }
+            }
+            self.queue_session_output(&mut segments);
+            let written = write_all_segments(&mut self.writer, &segments, write_timeout).await?;
+            segments.clear();
+            self.guard.entry().add_bytes_out(written);
+            source.add_bytes_out(written);
+            if let Some(reason) = then_stop {
+                return Ok(reason);
+            }
+        }
+    }
+
+    fn queue_session_output(&mut self, segments: &mut Vec<Bytes>) {
+        while let Some(bytes) = self.session.take_output() {
+            segments.push(bytes);
+        }
+    }
+
+    /// Events a player may send while playing; true when it stopped.
+    fn take_player_events(&mut self) -> bool {
+        let mut stopped = false;
+        while let Some(event) = self.session.poll_event() {
+            match event {
+                ServerEvent::PlayStopped { .. } | ServerEvent::Unpublished { .. } => stopped = true,
+                ServerEvent::PublishRequested { stream_id, .. } => self.session.reject_publish(
+                    stream_id,
+                    "NetStream.Publish.BadConnection",
+                    "a playing connection cannot publish",
+                ),
+                _ => {}
+            }
+        }
+        stopped
+    }
+}
+
+/// Slow path for a player on an unusual message stream id: the shared
+/// encoding targets [`PLAY_STREAM_ID`], so this one gets its own copy.
+fn encode_for_stream(frame: &baton_common::media::MediaFrame, stream_id: u32) -> Bytes {
+    let chunk_stream = match frame.kind {
+        baton_common::media::MediaKind::Audio => csid::AUDIO,
+        baton_common::media::MediaKind::Video => csid::VIDEO,
+        baton_common::media::MediaKind::Data => csid::STREAM_COMMAND,
+    };
+    encode_standalone(
+        baton_common::rtmp::session::OUT_CHUNK_SIZE,
+        &RawMessage {
+            csid: chunk_stream,
+            timestamp: frame.timestamp,
+            type_id: frame.kind.type_id(),
+            stream_id,
+            payload: frame.payload.clone(),
+        },
+    )
+}
+
+/// Write every segment with vectored writes (no copying them together),
+/// failing if the socket accepts nothing for `stall_timeout`.
+pub async fn write_all_segments<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    segments: &[Bytes],
+    stall_timeout: Duration,
+) -> anyhow::Result<u64> {
+    let mut index = 0;
+    let mut offset = 0;
+    let mut written = 0u64;
+    while index < segments.len() {
+        let slices: Vec<IoSlice<'_>> = std::iter::once(&segments[index][offset..])
+            .chain(segments[index + 1..].iter().map(|b| &b[..]))
+            .take(64)
+            .map(IoSlice::new)
+            .collect();
+        let n = match tokio::time::timeout(stall_timeout, writer.write_vectored(&slices)).await {
+            Ok(result) => result.context("write failed")?,
+            Err(_) => bail!("player accepted no data for {stall_timeout:?}"),
+        };
+        if n == 0 {
+            bail!("write returned 0 bytes");
+        }
+        written += n as u64;
+        let mut remaining = n;
+        while remaining > 0 && index < segments.len() {
+            let left = segments[index].len() - offset;
+            if remaining >= left {
+                remaining -= left;
+                index += 1;
+                offset = 0;
+            } else {
+                offset += remaining;
+                remaining = 0;
+            }
+        }
+        while index < segments.len() && segments[index].len() == offset {
+            index += 1;
+            offset = 0;
+        }
+    }
+    Ok(written)
+}

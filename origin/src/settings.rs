@@ -1,0 +1,309 @@
+//! The origin's settings: every knob in one place, with its default, its
+//! TOML key, its `BATON_*` environment variable and its flag.
+//!
+//! Precedence: flag > environment > config file > built-in default. The
+//! defaults run a working origin with no file at all.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use baton_common::config::{load_toml, ConfigError, HumanDuration};
+use baton_common::hub::HubConfig;
+use clap::Args;
+use serde::Deserialize;
+
+/// Settings as flags (each also readable from its `BATON_*` variable).
+/// All optional: what is not given falls back to the file, then defaults.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SettingsArgs {
+    /// TOML config file; keys are the long flag names with '_' for '-'.
+    #[arg(long, env = "BATON_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// RTMP listen address (publish and play). [default: 0.0.0.0:1935]
+    #[arg(long, env = "BATON_RTMP")]
+    pub rtmp: Option<SocketAddr>,
+    /// HTTP-FLV listen address (GET /{app}/{stream}.flv). [default: 0.0.0.0:8080]
+    #[arg(long, env = "BATON_HTTP")]
+    pub http: Option<SocketAddr>,
+    /// HTTP API, health and metrics listen address. [default: 127.0.0.1:1985]
+    #[arg(long, env = "BATON_API")]
+    pub api: Option<SocketAddr>,
+    /// PID file naming the serving generation (written atomically). [default: none]
+    #[arg(long, env = "BATON_PID_FILE")]
+    pub pid_file: Option<PathBuf>,
+    /// Directory for the control socket used by upgrades. [default: system temp dir]
+    #[arg(long, env = "BATON_CONTROL_DIR")]
+    pub control_dir: Option<PathBuf>,
+    /// Log filter (tracing EnvFilter syntax, e.g. "info,baton_origin=debug"). [default: info]
+    #[arg(long, env = "BATON_LOG")]
+    pub log: Option<String>,
+
+    /// SIGQUIT: keep accepting this long after readiness turns off. [default: 2300ms]
+    #[arg(long, env = "BATON_GRACE_START_WAIT")]
+    pub grace_start_wait: Option<HumanDuration>,
+    /// SIGQUIT: wait this long after the last client left before exiting. [default: 3200ms]
+    #[arg(long, env = "BATON_GRACE_FINAL_WAIT")]
+    pub grace_final_wait: Option<HumanDuration>,
+    /// Treat SIGTERM as SIGQUIT (graceful), for Kubernetes rolling updates. [default: false]
+    #[arg(long, env = "BATON_FORCE_GRACE_QUIT", num_args = 0..=1, default_missing_value = "true")]
+    pub force_grace_quit: Option<bool>,
+    /// Graceful drain deadline: disconnect remaining clients then (e.g. 12h). [default: none]
+    #[arg(long, env = "BATON_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<HumanDuration>,
+    /// After an upgrade hand-over, the old generation disconnects what is left after this. [default: 12h]
+    #[arg(long, env = "BATON_UPGRADE_DRAIN_MAX")]
+    pub upgrade_drain_max: Option<HumanDuration>,
+    /// Bind listeners with SO_REUSEPORT and upgrade by re-binding instead of
+    /// handing the sockets over (fallback; may reset queued connections). [default: false]
+    #[arg(long, env = "BATON_REUSEPORT", num_args = 0..=1, default_missing_value = "true")]
+    pub reuseport: Option<bool>,
+
+    /// Free a source this long after its last publisher and player left. [default: 3s]
+    #[arg(long, env = "BATON_SOURCE_IDLE_TIMEOUT")]
+    pub source_idle_timeout: Option<HumanDuration>,
+    /// How long a player may wait for a stream that is not published. [default: 10s]
+    #[arg(long, env = "BATON_PLAY_WAIT_TIMEOUT")]
+    pub play_wait_timeout: Option<HumanDuration>,
+    /// Cache the last GOP so players start on a keyframe at once. [default: true]
+    #[arg(long, env = "BATON_GOP_CACHE", num_args = 0..=1, default_missing_value = "true")]
+    pub gop_cache: Option<bool>,
+    /// A player further behind than this many frames skips to a keyframe. [default: 1024]
+    #[arg(long, env = "BATON_MAX_QUEUE_FRAMES")]
+    pub max_queue_frames: Option<usize>,
+    /// ... or than this many payload bytes. [default: 16777216]
+    #[arg(long, env = "BATON_MAX_QUEUE_BYTES")]
+    pub max_queue_bytes: Option<usize>,
+    /// Skips within a minute after which a slow player is disconnected. [default: 8]
+    #[arg(long, env = "BATON_MAX_PLAYER_SKIPS")]
+    pub max_player_skips: Option<usize>,
+    /// Players batch writes for at most this long (0 = write each frame at once). [default: 0ms]
+    #[arg(long, env = "BATON_WRITE_COALESCE")]
+    pub write_coalesce: Option<HumanDuration>,
+    /// Most concurrent client connections; more are refused and logged. [default: 18000]
+    #[arg(long, env = "BATON_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// A connection that has not finished the RTMP handshake and connect by then is closed. [default: 10s]
+    #[arg(long, env = "BATON_HANDSHAKE_TIMEOUT")]
+    pub handshake_timeout: Option<HumanDuration>,
+    /// A publisher that sends nothing for this long is disconnected. [default: 20s]
+    #[arg(long, env = "BATON_PUBLISH_IDLE_TIMEOUT")]
+    pub publish_idle_timeout: Option<HumanDuration>,
+    /// A player whose socket accepts no data for this long is disconnected. [default: 20s]
+    #[arg(long, env = "BATON_PLAYER_WRITE_TIMEOUT")]
+    pub player_write_timeout: Option<HumanDuration>,
+}
+
+/// The same settings as TOML keys. Unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettingsFile {
+    rtmp: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+    api: Option<SocketAddr>,
+    pid_file: Option<PathBuf>,
+    control_dir: Option<PathBuf>,
+    log: Option<String>,
+    grace_start_wait: Option<HumanDuration>,
+    grace_final_wait: Option<HumanDuration>,
+    force_grace_quit: Option<bool>,
+    drain_timeout: Option<HumanDuration>,
+    upgrade_drain_max: Option<HumanDuration>,
+    reuseport: Option<bool>,
+    source_idle_timeout: Option<HumanDuration>,
+    play_wait_timeout: Option<HumanDuration>,
+    gop_cache: Option<bool>,
+    max_queue_frames: Option<usize>,
+    max_queue_bytes: Option<usize>,
+    max_player_skips: Option<usize>,
+    write_coalesce: Option<HumanDuration>,
+    max_connections: Option<usize>,
+    handshake_timeout: Option<HumanDuration>,
+    publish_idle_timeout: Option<HumanDuration>,
+    player_write_timeout: Option<HumanDuration>,
+}
+
+/// The resolved settings the origin runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub rtmp: SocketAddr,
+    pub http: SocketAddr,
+    pub api: SocketAddr,
+    pub pid_file: Option<PathBuf>,
+    pub control_dir: PathBuf,
+    pub log: String,
+    pub grace_start_wait: Duration,
+    pub grace_final_wait: Duration,
+    pub force_grace_quit: bool,
+    pub drain_timeout: Option<Duration>,
+    pub upgrade_drain_max: Duration,
+    pub reuseport: bool,
+    pub play_wait_timeout: Duration,
+    pub write_coalesce: Duration,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub publish_idle_timeout: Duration,
+    pub player_write_timeout: Duration,
+    pub hub: HubConfig,
+}
+
+fn pick<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
+    flag.or(file).unwrap_or(default)
+}
+
+fn dur(flag: Option<HumanDuration>, file: Option<HumanDuration>, default_ms: u64) -> Duration {
+    flag.or(file)
+        .map_or(Duration::from_millis(default_ms), HumanDuration::get)
+}
+
+impl Settings {
+    pub fn resolve(args: &SettingsArgs) -> Result<Settings, ConfigError> {
+        let file: SettingsFile = match &args.config {
+            Some(path) => load_toml(path)?,
+            None => SettingsFile::default(),
+        };
+        let a = args.clone();
+        let hub_defaults = HubConfig::default();
+        let settings = Settings {
+            rtmp: pick(a.rtmp, file.rtmp, SocketAddr::from(([0, 0, 0, 0], 1935))),
+            http: pick(a.http, file.http, SocketAddr::from(([0, 0, 0, 0], 8080))),
+            api: pick(a.api, file.api, SocketAddr::from(([127, 0, 0, 1], 1985))),
+            pid_file: a.pid_file.or(file.pid_file),
+            control_dir: pick(a.control_dir, file.control_dir, std::env::temp_dir()),
+            log: pick(a.log, file.log, "info".to_string()),
+            grace_start_wait: dur(a.grace_start_wait, file.grace_start_wait, 2300),
+            grace_final_wait: dur(a.grace_final_wait, file.grace_final_wait, 3200),
+            force_grace_quit: pick(a.force_grace_quit, file.force_grace_quit, false),
+            drain_timeout: a
+                .drain_timeout
+                .or(file.drain_timeout)
+                .map(HumanDuration::get),
+            upgrade_drain_max: dur(
+                a.upgrade_drain_max,
+                file.upgrade_drain_max,
+                12 * 3600 * 1000,
+            ),
+            reuseport: pick(a.reuseport, file.reuseport, false),
+            play_wait_timeout: dur(a.play_wait_timeout, file.play_wait_timeout, 10_000),
+            write_coalesce: dur(a.write_coalesce, file.write_coalesce, 0),
+            max_connections: pick(a.max_connections, file.max_connections, 18_000),
+            handshake_timeout: dur(a.handshake_timeout, file.handshake_timeout, 10_000),
+            publish_idle_timeout: dur(a.publish_idle_timeout, file.publish_idle_timeout, 20_000),
+            player_write_timeout: dur(a.player_write_timeout, file.player_write_timeout, 20_000),
+            hub: HubConfig {
+                gop_cache: pick(a.gop_cache, file.gop_cache, hub_defaults.gop_cache),
+                max_queue_frames: pick(
+                    a.max_queue_frames,
+                    file.max_queue_frames,
+                    hub_defaults.max_queue_frames,
+                ),
+                max_queue_bytes: pick(
+                    a.max_queue_bytes,
+                    file.max_queue_bytes,
+                    hub_defaults.max_queue_bytes,
+                ),
+                max_player_skips: pick(
+                    a.max_player_skips,
+                    file.max_player_skips,
+                    hub_defaults.max_player_skips,
+                ),
+                source_idle_timeout: dur(a.source_idle_timeout, file.source_idle_timeout, 3000),
+                ..hub_defaults
+            },
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |name: &'static str, reason: &str| ConfigError::Setting {
+            name,
+            reason: reason.to_string(),
+        };
+        if self.max_connections == 0 {
+            return Err(bad("max_connections", "must be at least 1"));
+        }
+        if self.hub.max_queue_frames < 16 {
+            return Err(bad("max_queue_frames", "must be at least 16"));
+        }
+        if self.hub.max_queue_bytes < 64 * 1024 {
+            return Err(bad("max_queue_bytes", "must be at least 65536"));
+        }
+        if self.write_coalesce > Duration::from_millis(500) {
+            return Err(bad(
+                "write_coalesce",
+                "must be at most 500ms (players would stall)",
+            ));
+        }
+        if self.handshake_timeout.is_zero()
+            || self.publish_idle_timeout.is_zero()
+            || self.player_write_timeout.is_zero()
+        {
+            return Err(bad(
+                "timeouts",
+                "handshake, publish idle and player write timeouts must be non-zero",
+            ));
+        }
+        for (name, addr) in [("rtmp", self.rtmp), ("http", self.http), ("api", self.api)] {
+            if addr.port() == 0 {
+                return Err(ConfigError::Setting {
+                    name: "listen address",
+                    reason: format!("{name} needs an explicit port, not {addr}"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn defaults_need_no_file() {
+        let s = Settings::resolve(&SettingsArgs::default()).unwrap();
+        assert_eq!(s.rtmp.port(), 1935);
+        assert_eq!(s.http.port(), 8080);
+        assert_eq!(s.api.to_string(), "127.0.0.1:1985");
+        assert_eq!(s.grace_start_wait, Duration::from_millis(2300));
+        assert_eq!(s.grace_final_wait, Duration::from_millis(3200));
+        assert!(!s.force_grace_quit);
+        assert_eq!(s.drain_timeout, None);
+    }
+
+    #[test]
+    fn flags_override_the_file_and_bad_files_name_the_line() {
+        let dir = std::env::temp_dir().join(format!("baton-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("origin.toml");
+        let mut f = std::fs::File::create(&path).unwrap();
+        writeln!(
+            f,
+            "rtmp = \"127.0.0.1:2000\"\nhttp = \"127.0.0.1:2001\"\ndrain_timeout = \"12h\""
+        )
+        .unwrap();
+        let args = SettingsArgs {
+            config: Some(path.clone()),
+            http: Some("127.0.0.1:3001".parse().unwrap()),
+            ..SettingsArgs::default()
+        };
+        let s = Settings::resolve(&args).unwrap();
+        assert_eq!(s.rtmp.port(), 2000);
+        assert_eq!(s.http.port(), 3001);
+        assert_eq!(s.drain_timeout, Some(Duration::from_secs(12 * 3600)));
+
+        std::fs::write(
+            &path,
+            "rtmp = \"127.0.0.1:2000\"\ngrace_strat_wait = \"1s\"\n",
+        )
+        .unwrap();
+        let err = Settings::resolve(&args).unwrap_err().to_string();
+        assert!(
+            err.contains("line 2") && err.contains("grace_strat_wait"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

@@ -1,0 +1,515 @@
+//! The origin's process lifecycle around its servers: obtaining listeners
+//! (bind, or adopt from the running generation), the main event loop of
+//! signals and control requests, and the smooth upgrade on both sides.
+//!
+//! Old side: SIGUSR2 or an `upgrade` request starts the successor with
+//! `BATON_UPGRADE_FROM`, keeps accepting until the successor says Ready,
+//! then stops accepting and drains (deadline `upgrade_drain_max`). New side:
+//! take the listeners over the control socket, start serving, write the PID
+//! file, say Ready. If the successor fails at any point the old process
+//! carries on untouched and the `upgrade` command reports why.
+
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use baton_common::clients::ClientRegistry;
+use baton_common::handover::{
+    bind_listener, control_socket_path, dup_fd, into_tokio, report_failure, request_upgrade,
+    send_ready, take_listeners, upgrade_source_from_env, BindError, ControlCall, ControlRequest,
+    ControlResponse, ControlServer, ListenerDesc, PidFile, Role, SuccessorCommand, Upgrader,
+    DEFAULT_BACKLOG, UPGRADE_FROM_ENV,
+};
+use baton_common::hub::Hub;
+use baton_common::lifecycle::{DrainPlan, ProcessSignal, Shutdown, Signals};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::settings::Settings;
+use crate::{api, http_flv, rtmp_server, OriginContext};
+
+const LISTENER_NAMES: [&str; 3] = ["rtmp", "http", "api"];
+/// How long a fast exit waits for connections to close.
+const FAST_EXIT_BUDGET: Duration = Duration::from_millis(700);
+
+/// `baton-origin upgrade --pid-file PATH`.
+pub fn run_upgrade_command(
+    pid_file: &Path,
+    control_dir: Option<PathBuf>,
+    timeout: Duration,
+) -> ExitCode {
+    let pid = match PidFile::read(pid_file) {
+        Ok(Some(pid)) => pid,
+        Ok(None) => {
+            eprintln!(
+                "baton-origin upgrade: {} names no process",
+                pid_file.display()
+            );
+            return ExitCode::from(1);
+        }
+        Err(error) => {
+            eprintln!(
+                "baton-origin upgrade: cannot read {}: {error}",
+                pid_file.display()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let dir = control_dir.unwrap_or_else(std::env::temp_dir);
+    let path = control_socket_path(&dir, Role::Origin, pid);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("baton-origin upgrade: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(request_upgrade(&path, timeout)) {
+        Ok(new_pid) => {
+            println!("upgraded: PID {pid} handed over to PID {new_pid}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("baton-origin upgrade: PID {pid} did not upgrade: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Listeners this process serves on, plus duplicates kept for a
+/// successor until this process hands over.
+struct Listeners {
+    std: Vec<(ListenerDesc, std::net::TcpListener)>,
+}
+
+fn bind_all(settings: &Settings) -> anyhow::Result<Listeners> {
+    let mut std = Vec::new();
+    for (name, addr) in listener_addrs(settings) {
+        let listener = bind_listener(addr, settings.reuseport, DEFAULT_BACKLOG)
+            .map_err(|e| bind_error(e, name, settings))?;
+        std.push((
+            ListenerDesc {
+                name: name.to_string(),
+                addr,
+            },
+            listener,
+        ));
+    }
+    Ok(Listeners { std })
+}
+
+fn listener_addrs(settings: &Settings) -> [(&'static str, SocketAddr); 3] {
+    [
+        (LISTENER_NAMES[0], settings.rtmp),
+        (LISTENER_NAMES[1], settings.http),
+        (LISTENER_NAMES[2], settings.api),
+    ]
+}
+
+fn bind_error(error: BindError, name: &str, settings: &Settings) -> anyhow::Error {
+    if error.is_addr_in_use() {
+        let running = settings
+            .pid_file
+            .as_deref()
+            .and_then(PidFile::running)
+            .map(|pid| format!("; an origin is running as PID {pid} — upgrade it with `baton-origin upgrade --pid-file {}`",
+                settings.pid_file.as_deref().map(|p| p.display().to_string()).unwrap_or_default()))
+            .unwrap_or_default();
+        anyhow!(
+            "cannot listen for {name} on {}: address already in use{running}",
+            error.addr()
+        )
+    } else {
+        anyhow!("cannot listen for {name}: {error}")
+    }
+}
+
+/// Successor side: take the predecessor's listeners. With `reuseport`
+/// the descriptors are not used: this process binds its own sockets next
+/// to the old ones (the fallback, which may reset queued connections).
+async fn adopt(from: &Path, settings: &Settings) -> anyhow::Result<(Listeners, u64, Vec<PathBuf>)> {
+    let mut inherited = take_listeners(from, std::process::id())
+        .await
+        .with_context(|| format!("cannot take the listeners from {}", from.display()))?;
+    let mut std = Vec::new();
+    for (name, addr) in listener_addrs(settings) {
+        let listener = if settings.reuseport {
+            bind_listener(addr, true, DEFAULT_BACKLOG).map_err(|e| bind_error(e, name, settings))?
+        } else {
+            let got = inherited
+                .take(name)
+                .ok_or_else(|| anyhow!("the running origin has no {name} listener to hand over"))?;
+            if got.desc.addr != addr {
+                bail!(
+                    "the running origin's {name} listener is on {}, the new config says {addr}; \
+                     listen addresses cannot change in an upgrade",
+                    got.desc.addr
+                );
+            }
+            got.into_std()
+                .with_context(|| format!("inherited {name} listener"))?
+        };
+        std.push((
+            ListenerDesc {
+                name: name.to_string(),
+                addr,
+            },
+            listener,
+        ));
+    }
+    Ok((Listeners { std }, inherited.generation(), inherited.older))
+}
+
+/// Run the origin until it exits.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let pid = std::process::id();
+    let upgrade_from = upgrade_source_from_env();
+    match &upgrade_from {
+        Some(from) => match start(settings, Some(from.clone())).await {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                let _ = report_failure(from, pid, &format!("{error:#}")).await;
+                Err(error)
+            }
+        },
+        None => {
+            if let Some(pid_file) = &settings.pid_file {
+                if let Some(running) = PidFile::running(pid_file).filter(|p| *p != pid) {
+                    bail!(
+                        "an origin is already running as PID {running} (pid file {}); \
+                         to replace it without dropping clients run `baton-origin upgrade --pid-file {}`",
+                        pid_file.display(),
+                        pid_file.display()
+                    );
+                }
+            }
+            start(settings, None).await
+        }
+    }
+}
+
+async fn start(settings: Settings, upgrade_from: Option<PathBuf>) -> anyhow::Result<()> {
+    let pid = std::process::id();
+    let metrics = baton_common::telemetry::install_metrics()?;
+    let (listeners, generation, older) = match &upgrade_from {
+        Some(from) => adopt(from, &settings).await?,
+        None => (bind_all(&settings)?, 1, Vec::new()),
+    };
+    let mut signals = Signals::install().context("cannot install signal handlers")?;
+    let (control_server, control_rx) =
+        ControlServer::bind(&settings.control_dir, Role::Origin, pid).with_context(|| {
+            format!(
+                "cannot bind the control socket in {}",
+                settings.control_dir.display()
+            )
+        })?;
+
+    let hub = Hub::new(settings.hub.clone());
+    let ctx = Arc::new(OriginContext {
+        settings: settings.clone(),
+        hub: hub.clone(),
+        clients: ClientRegistry::new(),
+        shutdown: Shutdown::new(),
+        metrics,
+        generation,
+        started: Instant::now(),
+        older_generations: Mutex::new(older),
+    });
+    let handover_copies = start_servers(&ctx, listeners)?;
+    let reaper = hub.spawn_reaper();
+
+    if let Some(from) = &upgrade_from {
+        send_ready(from, pid).await.with_context(|| {
+            format!(
+                "the running origin refused the hand-over ({})",
+                from.display()
+            )
+        })?;
+    }
+    if let Some(pid_file) = &settings.pid_file {
+        PidFile::write_atomic(pid_file, pid)
+            .with_context(|| format!("cannot write the pid file {}", pid_file.display()))?;
+    }
+    tracing::info!(
+        pid,
+        generation,
+        rtmp = %settings.rtmp,
+        http = %settings.http,
+        api = %settings.api,
+        upgraded_from = upgrade_from.as_ref().map(|p| p.display().to_string()),
+        "origin serving: publish to rtmp://{}/live/STREAM, play rtmp://{}/live/STREAM or http://{}/live/STREAM.flv",
+        settings.rtmp, settings.rtmp, settings.http
+    );
+
+    let main_loop = MainLoop {
+        ctx: ctx.clone(),
+        upgrader: Upgrader::new(control_server.path()),
+        handover_copies: Some(handover_copies),
+        drain: None,
+    };
+    main_loop.run(&mut signals, control_rx).await;
+
+    reaper.abort();
+    if let Some(pid_file) = &settings.pid_file {
+        let _ = PidFile::remove_if_ours(pid_file, pid);
+    }
+    drop(control_server);
+    tracing::info!(pid, generation, "origin exited");
+    Ok(())
+}
+
+fn start_servers(
+    ctx: &Arc<OriginContext>,
+    listeners: Listeners,
+) -> anyhow::Result<Vec<(ListenerDesc, OwnedFd)>> {
+    let mut copies = Vec::new();
+    for (desc, listener) in listeners.std {
+        let copy = dup_fd(&listener).with_context(|| format!("dup {} listener", desc.name))?;
+        let listener = into_tokio(listener).with_context(|| format!("{} listener", desc.name))?;
+        let ctx = ctx.clone();
+        match desc.name.as_str() {
+            "rtmp" => tokio::spawn(rtmp_server::serve(listener, ctx)),
+            "http" => tokio::spawn(http_flv::serve(listener, ctx)),
+            _ => tokio::spawn(api::serve(listener, ctx)),
+        };
+        copies.push((desc, copy));
+    }
+    Ok(copies)
+}
+
+/// What an upgrade attempt came to, reported back to the main loop.
+struct UpgradeOutcome {
+    result: Result<u32, String>,
+    responder: Option<baton_common::handover::Responder>,
+}
+
+struct MainLoop {
+    ctx: Arc<OriginContext>,
+    upgrader: Upgrader,
+    /// Duplicates of the listeners for a successor; dropped at hand-over.
+    handover_copies: Option<Vec<(ListenerDesc, OwnedFd)>>,
+    drain: Option<JoinHandle<()>>,
+}
+
+impl MainLoop {
+    async fn run(mut self, signals: &mut Signals, mut control: mpsc::Receiver<ControlCall>) {
+        let (upgrade_tx, mut upgrade_rx) = mpsc::channel::<UpgradeOutcome>(4);
+        loop {
+            tokio::select! {
+                signal = signals.recv() => {
+                    tracing::info!(?signal, "signal received");
+                    match signal {
+                        ProcessSignal::Terminate if self.ctx.settings.force_grace_quit => self.graceful("SIGTERM (force_grace_quit)"),
+                        ProcessSignal::Terminate | ProcessSignal::Interrupt => {
+                            self.fast_exit().await;
+                            return;
+                        }
+                        ProcessSignal::Quit => self.graceful("SIGQUIT"),
+                        ProcessSignal::Upgrade => self.start_upgrade(None, &upgrade_tx),
+                    }
+                }
+                Some(call) = control.recv() => self.on_control(call, &upgrade_tx),
+                Some(outcome) = upgrade_rx.recv() => self.on_upgrade_outcome(outcome),
+                _ = wait_opt(&mut self.drain) => return,
+            }
+        }
+    }
+
+    async fn fast_exit(&mut self) {
+        if let Some(drain) = self.drain.take() {
+            drain.abort();
+        }
+        self.ctx
+            .shutdown
+            .fast_exit(&self.ctx.clients, FAST_EXIT_BUDGET)
+            .await;
+    }
+
+    fn graceful(&mut self, reason: &'static str) {
+        if self.drain.is_some() {
+            tracing::info!(
+                reason,
+                "already draining; signal ignored (SIGTERM/SIGINT exits at once)"
+            );
+            return;
+        }
+        let settings = &self.ctx.settings;
+        let plan = DrainPlan {
+            accept_for: settings.grace_start_wait,
+            final_wait: settings.grace_final_wait,
+            deadline: settings.drain_timeout,
+            reason,
+        };
+        self.start_drain(plan);
+    }
+
+    fn start_drain(&mut self, plan: DrainPlan) {
+        let ctx = self.ctx.clone();
+        self.drain = Some(tokio::spawn(async move {
+            ctx.shutdown.drain(&plan, &ctx.clients).await;
+        }));
+    }
+
+    fn on_control(&mut self, call: ControlCall, upgrade_tx: &mpsc::Sender<UpgradeOutcome>) {
+        let ControlCall { request, responder } = call;
+        match request {
+            ControlRequest::Upgrade => self.start_upgrade(Some(responder), upgrade_tx),
+            ControlRequest::TakeListeners { pid } => self.give_listeners(pid, responder),
+            ControlRequest::Ready { pid } => {
+                let verdict = self.upgrader.on_ready(pid);
+                match verdict {
+                    baton_common::handover::ReadyVerdict::Rejected(reason) => {
+                        tracing::warn!(successor = pid, reason, "hand-over refused");
+                        responder.reply_err(reason);
+                    }
+                    baton_common::handover::ReadyVerdict::External => {
+                        // A successor we did not spawn (started by hand with
+                        // BATON_UPGRADE_FROM): hand over all the same.
+                        responder.reply(ControlResponse::Ok);
+                        self.hand_over(pid);
+                    }
+                    baton_common::handover::ReadyVerdict::Spawned => {
+                        responder.reply(ControlResponse::Ok)
+                    }
+                }
+            }
+            ControlRequest::Failed { pid, reason } => {
+                tracing::warn!(successor = pid, reason, "successor failed to start");
+                self.upgrader.on_failed(pid, &reason);
+                responder.reply(ControlResponse::Ok);
+            }
+            ControlRequest::Stats => {
+                let stats = api::local_summary(&self.ctx);
+                responder.reply(ControlResponse::Stats { stats });
+            }
+        }
+    }
+
+    fn give_listeners(&mut self, pid: u32, responder: baton_common::handover::Responder) {
+        let Some(copies) = &self.handover_copies else {
+            responder.reply_err("this origin has handed over already and is draining");
+            return;
+        };
+        let mut descs = Vec::new();
+        let mut fds = Vec::new();
+        for (desc, fd) in copies {
+            match fd.try_clone() {
+                Ok(dup) => {
+                    descs.push(desc.clone());
+                    fds.push(dup);
+                }
+                Err(error) => {
+                    responder.reply_err(format!(
+                        "cannot duplicate the {} listener: {error}",
+                        desc.name
+                    ));
+                    return;
+                }
+            }
+        }
+        tracing::info!(
+            successor = pid,
+            listeners = descs.len(),
+            "handing listeners to the successor"
+        );
+        let older = self.ctx.older_generations().clone();
+        responder.reply_with_fds(
+            ControlResponse::Listeners {
+                listeners: descs,
+                generation: self.ctx.generation,
+                older,
+            },
+            fds,
+        );
+    }
+
+    fn start_upgrade(
+        &mut self,
+        responder: Option<baton_common::handover::Responder>,
+        upgrade_tx: &mpsc::Sender<UpgradeOutcome>,
+    ) {
+        if self.drain.is_some() || self.handover_copies.is_none() {
+            let reason = "this origin is draining; upgrade the serving generation instead";
+            tracing::warn!(reason, "upgrade refused");
+            if let Some(r) = responder {
+                r.reply_err(reason);
+            }
+            return;
+        }
+        let command = match SuccessorCommand::current_process() {
+            Ok(cmd) => cmd.env(UPGRADE_FROM_ENV, self.upgrader.control_path()),
+            Err(error) => {
+                let reason = format!("cannot find this binary's path: {error}");
+                tracing::error!(reason, "upgrade refused");
+                if let Some(r) = responder {
+                    r.reply_err(reason);
+                }
+                return;
+            }
+        };
+        tracing::info!(exe = %command.exe.display(), "upgrade: starting the successor");
+        let upgrader = self.upgrader.clone();
+        let tx = upgrade_tx.clone();
+        tokio::spawn(async move {
+            let result = upgrader
+                .spawn_and_wait(&command)
+                .await
+                .map_err(|e| e.to_string());
+            let _ = tx.send(UpgradeOutcome { result, responder }).await;
+        });
+    }
+
+    fn on_upgrade_outcome(&mut self, outcome: UpgradeOutcome) {
+        match outcome.result {
+            Ok(pid) => {
+                self.hand_over(pid);
+                if let Some(r) = outcome.responder {
+                    r.reply(ControlResponse::Upgraded { pid });
+                }
+            }
+            Err(reason) => {
+                tracing::error!(reason, "upgrade failed; this generation keeps serving");
+                if let Some(r) = outcome.responder {
+                    r.reply_err(reason);
+                }
+            }
+        }
+    }
+
+    /// The successor serves: stop accepting, drain, exit.
+    fn hand_over(&mut self, successor: u32) {
+        if self.handover_copies.take().is_none() {
+            return;
+        }
+        tracing::info!(
+            successor,
+            "upgrade: successor is serving; this generation stops accepting and drains"
+        );
+        let plan = DrainPlan {
+            accept_for: Duration::ZERO,
+            final_wait: Duration::ZERO,
+            deadline: Some(self.ctx.settings.upgrade_drain_max),
+            reason: "upgrade hand-over",
+        };
+        if let Some(drain) = self.drain.take() {
+            drain.abort();
+        }
+        self.start_drain(plan);
+    }
+}
+
+async fn wait_opt(task: &mut Option<JoinHandle<()>>) {
+    match task {
+        Some(handle) => {
+            let _ = handle.await;
+        }
+        None => std::future::pending().await,
+    }
+}
