@@ -3,12 +3,18 @@
 # publishers? Starts the release origin (core 0), publishes and unpublishes
 # $STREAMS distinct streams with baton-bench churn (core 1), and prints the
 # origin's RSS before, during and after, plus its stream count afterwards.
-# Writes bench/out/churn.json and bench/out/churn.log.
+# With ROUNDS=2 (the default) it does that twice with new names: if RSS
+# after round 2 is about RSS after round 1, memory is retained by the
+# allocator and reused; if it grows again, something leaks per stream.
+# Writes bench/out/churn-N.json and bench/out/churn.log.
 #
 # Environment:
-#   STREAMS=100000   streams to publish
+#   STREAMS=100000   streams to publish per round
+#   ROUNDS=2         rounds
 #   PARALLEL=16      concurrent publishers
 #   FRAMES=5         video frames per stream
+#   BENCH_BATON_RTMP=127.0.0.1:19350 BENCH_BATON_HTTP=127.0.0.1:18080
+#   BENCH_BATON_API=127.0.0.1:19850  listen addresses, if those are taken
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -20,9 +26,10 @@ ORIGIN=$TARGET_DIR/release/baton-origin
 STREAMS=${STREAMS:-100000}
 PARALLEL=${PARALLEL:-16}
 FRAMES=${FRAMES:-5}
-RTMP=127.0.0.1:19350
-HTTP=127.0.0.1:18080
-API=127.0.0.1:19850
+ROUNDS=${ROUNDS:-2}
+RTMP=${BENCH_BATON_RTMP:-127.0.0.1:19350}
+HTTP=${BENCH_BATON_HTTP:-127.0.0.1:18080}
+API=${BENCH_BATON_API:-127.0.0.1:19850}
 
 die() { printf 'churn.sh: error: %s\n' "$*" >&2; exit 1; }
 
@@ -51,7 +58,12 @@ done
 (exec 3<>"/dev/tcp/${RTMP%:*}/${RTMP#*:}") 2>/dev/null || die "baton-origin is not listening on $RTMP (log: $LOG)"
 sleep 1 # let startup allocations settle before the baseline RSS
 
-taskset -c 1 "$BENCH" churn --url "rtmp://$RTMP/live" --streams "$STREAMS" \
-    --parallel "$PARALLEL" --frames "$FRAMES" --api "http://$API" --pid "$ORIGIN_PID" \
-    --json "$OUT/churn.json" 2>&1 | tee "$OUT/churn.log"
-kill -0 "$ORIGIN_PID" 2>/dev/null || die "baton-origin died during the churn (log: $LOG)"
+: >"$OUT/churn.log"
+for round in $(seq "$ROUNDS"); do
+    echo "== round $round of $ROUNDS: $STREAMS streams" | tee -a "$OUT/churn.log"
+    taskset -c 1 "$BENCH" churn --url "rtmp://$RTMP/live" --streams "$STREAMS" \
+        --first $(((round - 1) * STREAMS)) --parallel "$PARALLEL" --frames "$FRAMES" \
+        --api "http://$API" --pid "$ORIGIN_PID" --json "$OUT/churn-$round.json" 2>&1 |
+        tee -a "$OUT/churn.log"
+    kill -0 "$ORIGIN_PID" 2>/dev/null || die "baton-origin died during the churn (log: $LOG)"
+done

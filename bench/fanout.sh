@@ -14,6 +14,9 @@
 #   RAMP=2000/s       connection rate
 #   SERVERS="baton nginx"   which servers to run (e.g. SERVERS=nginx)
 #   BUILD=1           0 skips `cargo build --release` (binaries must exist)
+#   BENCH_BATON_RTMP=127.0.0.1:19350 BENCH_BATON_HTTP=127.0.0.1:18080
+#   BENCH_BATON_API=127.0.0.1:19850 BENCH_NGINX_RTMP=127.0.0.1:19351
+#                     listen addresses, if those ports are taken
 #
 # Needs: ffmpeg, nginx, libnginx-mod-rtmp, taskset (util-linux), 2 cores.
 set -euo pipefail
@@ -31,10 +34,10 @@ DURATION=${DURATION:-20}
 RAMP=${RAMP:-2000/s}
 SERVERS=${SERVERS:-"baton nginx"}
 
-BATON_RTMP=127.0.0.1:19350
-BATON_HTTP=127.0.0.1:18080
-BATON_API=127.0.0.1:19850
-NGINX_RTMP=127.0.0.1:19351
+BATON_RTMP=${BENCH_BATON_RTMP:-127.0.0.1:19350}
+BATON_HTTP=${BENCH_BATON_HTTP:-127.0.0.1:18080}
+BATON_API=${BENCH_BATON_API:-127.0.0.1:19850}
+NGINX_RTMP=${BENCH_NGINX_RTMP:-127.0.0.1:19351}
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 die() { printf 'fanout.sh: error: %s\n' "$*" >&2; exit 1; }

@@ -41,6 +41,9 @@ pub struct ChurnOptions {
     /// `rtmp://host:port/app`; stream names are appended.
     pub url: String,
     pub streams: u64,
+    /// Index of the first stream name (`churn-{first}`), so that several
+    /// rounds publish distinct names.
+    pub first: u64,
     pub parallel: usize,
     /// Video frames per stream after the sequence headers: one keyframe,
     /// the rest inter frames.
@@ -120,14 +123,14 @@ async fn publish_one(url: &str, frames: &[MediaFrame]) -> Result<()> {
     Ok(())
 }
 
-async fn worker(base: Rc<str>, shared: Rc<Shared>, total: u64) {
+async fn worker(base: Rc<str>, shared: Rc<Shared>, first: u64, total: u64) {
     loop {
         let i = shared.next.get();
         if i >= total {
             return;
         }
         shared.next.set(i + 1);
-        let url = format!("{base}/churn-{i}");
+        let url = format!("{base}/churn-{}", first + i);
         let result = match timeout(STREAM_TIMEOUT, publish_one(&url, &shared.frames)).await {
             Ok(r) => r,
             Err(_) => Err(anyhow::anyhow!("timed out after {STREAM_TIMEOUT:?}")),
@@ -153,6 +156,10 @@ pub async fn run(opts: ChurnOptions) -> Result<()> {
         );
     }
     let base: Rc<str> = opts.url.trim_end_matches('/').into();
+    // Closed sockets linger a little; allow for more than `parallel`.
+    if let Err(e) = sys::raise_nofile_limit() {
+        eprintln!("warning: cannot raise the open-files limit: {e}");
+    }
     let rss = |pid: Option<u32>| pid.and_then(|p| sys::rss_kib(p).ok());
     let rss_before = rss(opts.pid);
     if let Some(kib) = rss_before {
@@ -173,14 +180,26 @@ pub async fn run(opts: ChurnOptions) -> Result<()> {
     });
     let start = Instant::now();
     let workers: Vec<_> = (0..opts.parallel.max(1))
-        .map(|_| tokio::task::spawn_local(worker(base.clone(), shared.clone(), opts.streams)))
+        .map(|_| {
+            tokio::task::spawn_local(worker(
+                base.clone(),
+                shared.clone(),
+                opts.first,
+                opts.streams,
+            ))
+        })
         .collect();
 
     let mut samples = Vec::new();
     let mut rss_peak = rss_before;
     let mut last_done = 0;
-    while shared.done.get() < opts.streams && !workers.iter().all(|w| w.is_finished()) {
-        sleep(opts.interval).await;
+    let mut next_report = start + opts.interval;
+    while !workers.iter().all(|w| w.is_finished()) {
+        sleep(Duration::from_millis(20)).await;
+        if Instant::now() < next_report {
+            continue;
+        }
+        next_report += opts.interval;
         let done = shared.done.get();
         let now_rss = rss(opts.pid);
         rss_peak = rss_peak.max(now_rss);
@@ -221,7 +240,8 @@ pub async fn run(opts: ChurnOptions) -> Result<()> {
     // Give the server time to tear the sources down, then measure.
     let mut streams_after = None;
     if let Some(api) = &opts.api {
-        let settle_until = Instant::now() + opts.settle;
+        let settle_start = Instant::now();
+        let settle_until = settle_start + opts.settle;
         loop {
             match stream_count(api).await {
                 Ok(n) => {
@@ -241,7 +261,10 @@ pub async fn run(opts: ChurnOptions) -> Result<()> {
             sleep(Duration::from_millis(500)).await;
         }
         if let Some(n) = streams_after {
-            println!("streams after: {n}");
+            println!(
+                "streams after: {n} ({:.1} s after the last close)",
+                settle_start.elapsed().as_secs_f64()
+            );
         }
     } else if opts.pid.is_some() {
         sleep(opts.settle.min(Duration::from_secs(5))).await;
@@ -288,8 +311,9 @@ async fn stream_count(api: &str) -> Result<u64> {
     find_streams(&json).with_context(|| format!("no \"streams\" count in {json}"))
 }
 
-/// The value of a field named `streams` (a number, or an array's length),
-/// preferring `data.streams`, else the shallowest one found.
+/// The value of a field named `streams` (a number, or an array's length):
+/// Baton's `data.service.streams` (all generations), else `data.streams`,
+/// else the shallowest one found.
 fn find_streams(v: &Value) -> Option<u64> {
     fn count(v: &Value) -> Option<u64> {
         match v {
@@ -298,8 +322,10 @@ fn find_streams(v: &Value) -> Option<u64> {
             _ => None,
         }
     }
-    if let Some(n) = v.pointer("/data/streams").and_then(count) {
-        return Some(n);
+    for known in ["/data/service/streams", "/data/streams"] {
+        if let Some(n) = v.pointer(known).and_then(count) {
+            return Some(n);
+        }
     }
     let mut level = vec![v];
     while !level.is_empty() {
@@ -364,6 +390,9 @@ mod tests {
     #[test]
     fn finds_stream_counts() {
         assert_eq!(find_streams(&json!({"data": {"streams": 3}})), Some(3));
+        let baton = json!({"data": {"generations": [{"streams": 7}], "self": {},
+            "service": {"streams": 2}}});
+        assert_eq!(find_streams(&baton), Some(2));
         assert_eq!(find_streams(&json!({"streams": 0, "x": 1})), Some(0));
         assert_eq!(
             find_streams(&json!({"a": {"b": {"streams": [1, 2]}}})),

@@ -131,6 +131,15 @@ struct PlayerCtx {
 pub async fn run(opts: FanoutOptions) -> Result<Report> {
     let target = Target::parse(&opts.url)?;
     let protocol = target.protocol().to_string();
+    match sys::raise_nofile_limit() {
+        // A few descriptors are the runtime's and stdio's.
+        Ok(limit) if limit < opts.players + 16 => eprintln!(
+            "warning: open-files limit {limit} is below {} players; raise it (ulimit -n)",
+            opts.players
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: cannot read the open-files limit: {e}"),
+    }
     let start = Instant::now();
     let deadline = start + opts.duration;
     let ctx = Rc::new(PlayerCtx {
@@ -161,6 +170,13 @@ pub async fn run(opts: FanoutOptions) -> Result<Report> {
     }
     let ramp_done = Instant::now();
     let bytes_at_ramp = ctx.counters.bytes.get();
+    let started = handles.len() as u64;
+    if started < opts.players {
+        eprintln!(
+            "warning: only {started} of {} players fit in {:?} at {}/s",
+            opts.players, opts.duration, opts.ramp
+        );
+    }
 
     sleep_until(deadline).await;
     let steady_bytes = ctx.counters.bytes.get() - bytes_at_ramp;
@@ -186,7 +202,7 @@ pub async fn run(opts: FanoutOptions) -> Result<Report> {
         label: opts.label.clone(),
         url: opts.url.clone(),
         protocol,
-        players_requested: opts.players,
+        players_requested: started,
         duration: opts.duration,
         elapsed,
         steady_bytes,

@@ -86,6 +86,9 @@ enum Command {
         url: String,
         #[arg(long, default_value_t = 100_000)]
         streams: u64,
+        /// Index of the first stream name, for distinct names across rounds.
+        #[arg(long, default_value_t = 0)]
+        first: u64,
         /// Streams published concurrently.
         #[arg(long, default_value_t = 16)]
         parallel: usize,
@@ -173,6 +176,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Churn {
             url,
             streams,
+            first,
             parallel,
             frames,
             api,
@@ -184,6 +188,7 @@ async fn run(command: Command) -> Result<()> {
             churn::run(churn::ChurnOptions {
                 url,
                 streams,
+                first,
                 parallel,
                 frames,
                 api,

@@ -223,6 +223,7 @@ pub struct Report {
     pub url: String,
     /// `rtmp` or `http-flv`.
     pub protocol: String,
+    /// Players started (fewer than asked if the ramp outlasted the run).
     pub players_requested: u64,
     pub players_connected: u64,
     pub players_failed: u64,

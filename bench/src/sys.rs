@@ -78,6 +78,32 @@ pub fn self_cpu() -> Duration {
     process_cpu("self").unwrap_or_default()
 }
 
+/// Raises this process's open-files soft limit to its hard limit (each
+/// player is a socket); returns the limit now in force.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            limit = raised;
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
 /// Resident set size in KiB (`VmRSS` of `/proc/PID/status`).
 pub fn rss_kib(pid: u32) -> io::Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -106,5 +132,6 @@ mod tests {
         assert!(rss_kib(pid).expect("own rss") > 0);
         assert!(tree_cpu(pid).is_ok());
         let _ = self_cpu();
+        assert!(raise_nofile_limit().expect("rlimit") > 0);
     }
 }
