@@ -13,8 +13,10 @@ use crate::media::{MediaFrame, MediaKind};
 pub const FILE_HEADER_LEN: usize = 13;
 const TAG_HEADER_LEN: usize = 11;
 const PREVIOUS_TAG_SIZE_LEN: usize = 4;
-/// Tags larger than this are refused by the reader (bounded memory).
-pub const MAX_TAG_BODY_LEN: usize = 16 * 1024 * 1024;
+/// Tags larger than this are refused by the reader (bounded memory). The
+/// 24-bit size field allows up to 16 MiB; real tags, even 4K keyframes,
+/// stay well below 8 MiB.
+pub const MAX_TAG_BODY_LEN: usize = 8 * 1024 * 1024;
 
 /// The FLV file header (signature, version 1, flags) followed by
 /// PreviousTagSize0.

@@ -212,7 +212,9 @@ impl Hub {
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
-                hub.reap_idle(Instant::now());
+                if hub.reap_idle(Instant::now()) > 0 {
+                    crate::telemetry::release_free_memory();
+                }
             }
         })
     }

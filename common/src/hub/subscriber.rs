@@ -46,11 +46,15 @@ impl Subscriber {
         let state = source.lock();
         let mut pending: Vec<HubItem> = Vec::new();
         let (cursor, awaiting_keyframe) = if state.publisher.is_some() {
-            pending.extend(state.headers());
-            match state.gop_start {
-                Some(gop_start) => (gop_start, false),
-                None => (state.head_seq(), state.has_video),
+            let awaiting = state.gop_start.is_none() && state.has_video;
+            // A player waiting for a keyframe gets the headers with it.
+            if !awaiting {
+                pending.extend(state.headers());
             }
+            (
+                state.gop_start.unwrap_or_else(|| state.head_seq()),
+                awaiting,
+            )
         } else {
             (state.head_seq(), false)
         };

@@ -271,3 +271,27 @@ async fn waiting_player_wakes_on_push() {
     assert!(!out.is_empty());
     drop(pusher.await.unwrap());
 }
+
+#[test]
+fn without_gop_cache_a_player_gets_the_headers_once_with_the_next_keyframe() {
+    let config = HubConfig {
+        gop_cache: false,
+        ..HubConfig::default()
+    };
+    let hub = Hub::new(config);
+    let publisher = hub.publish(key(), publisher_info()).unwrap();
+    publisher.push(video_header());
+    publisher.push(audio_header());
+    publisher.push(keyframe(0));
+    publisher.push(inter(33));
+    let mut player = hub.subscribe(&key());
+    publisher.push(audio(40));
+    publisher.push(inter(66));
+    publisher.push(keyframe(100));
+    publisher.push(inter(133));
+    let got = frames(&drain(&mut player));
+    assert_eq!(
+        got,
+        vec![video_header(), audio_header(), keyframe(100), inter(133)]
+    );
+}

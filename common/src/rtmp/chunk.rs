@@ -301,7 +301,11 @@ impl ChunkDecoder {
         };
         let length = stream.length as usize;
         if chunk_payload >= length {
-            let payload = buf.split_to(length).freeze();
+            // Copied into an allocation of its own rather than sliced out of
+            // the socket read buffer: frames outlive reads (GOP cache, ring),
+            // and a slice would pin the whole read buffer for each of them.
+            let payload = Bytes::copy_from_slice(buf.get(..length).unwrap_or_default());
+            buf.advance(length);
             return Ok(Some(message_from(csid, stream, payload)));
         }
         if self.partial_messages >= MAX_PARTIAL_MESSAGES {
