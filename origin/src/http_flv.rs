@@ -259,17 +259,13 @@ async fn play(key: StreamKey, ctx: Arc<OriginContext>, guard: Arc<ClientGuard>) 
                         } else {
                             Some(playback)
                         };
-                        if tags.is_empty() {
-                            if next.is_none() {
-                                return None;
-                            }
-                            playback = next?;
-                            continue;
+                        if !tags.is_empty() {
+                            return Some((
+                                stream::iter(tags.into_iter().map(|b| Ok(Frame::data(b)))),
+                                next,
+                            ));
                         }
-                        return Some((
-                            stream::iter(tags.into_iter().map(|b| Ok(Frame::data(b)))),
-                            next,
-                        ));
+                        playback = next?;
                     }
                     Ok(Step::Stop(reason)) => {
                         tracing::info!(reason, "play ended");

@@ -253,6 +253,7 @@ async fn start(settings: Settings, upgrade_from: Option<PathBuf>) -> anyhow::Res
         upgrader: Upgrader::new(control_server.path()),
         handover_copies: Some(handover_copies),
         drain: None,
+        successor: SuccessorCommand::current_process().map_err(|e| e.to_string()),
     };
     main_loop.run(&mut signals, control_rx).await;
 
@@ -296,6 +297,10 @@ struct MainLoop {
     /// Duplicates of the listeners for a successor; dropped at hand-over.
     handover_copies: Option<Vec<(ListenerDesc, OwnedFd)>>,
     drain: Option<JoinHandle<()>>,
+    /// This binary's path and arguments, captured at start-up (the file at
+    /// that path may be replaced by the time an upgrade runs: that is the
+    /// point).
+    successor: Result<SuccessorCommand, String>,
 }
 
 impl MainLoop {
@@ -443,8 +448,10 @@ impl MainLoop {
             }
             return;
         }
-        let command = match SuccessorCommand::current_process() {
-            Ok(cmd) => cmd.env(UPGRADE_FROM_ENV, self.upgrader.control_path()),
+        let command = match &self.successor {
+            Ok(cmd) => cmd
+                .clone()
+                .env(UPGRADE_FROM_ENV, self.upgrader.control_path()),
             Err(error) => {
                 let reason = format!("cannot find this binary's path: {error}");
                 tracing::error!(reason, "upgrade refused");
