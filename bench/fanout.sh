@@ -16,6 +16,7 @@
 #   BUILD=1           0 skips `cargo build --release` (binaries must exist)
 #   BENCH_BATON_RTMP=127.0.0.1:19350 BENCH_BATON_HTTP=127.0.0.1:18080
 #   BENCH_BATON_API=127.0.0.1:19850 BENCH_NGINX_RTMP=127.0.0.1:19351
+#   BATON_ARGS="--write-coalesce 20ms"   extra flags for baton-origin
 #                     listen addresses, if those ports are taken
 #
 # Needs: ffmpeg, nginx, libnginx-mod-rtmp, taskset (util-linux), 2 cores.
@@ -114,7 +115,8 @@ load() {
 run_baton() {
     local logfile=$OUT/baton-origin.log pid
     log "Baton origin (core 0)"
-    taskset -c 0 "$ORIGIN" --rtmp "$BATON_RTMP" --http "$BATON_HTTP" --api "$BATON_API" \
+    # shellcheck disable=SC2086 # BATON_ARGS is a list of extra flags
+    taskset -c 0 "$ORIGIN" --rtmp "$BATON_RTMP" --http "$BATON_HTTP" --api "$BATON_API" ${BATON_ARGS:-} \
         >"$logfile" 2>&1 &
     pid=$!
     PIDS+=("$pid")

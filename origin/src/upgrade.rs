@@ -248,6 +248,7 @@ async fn start(settings: Settings, upgrade_from: Option<PathBuf>) -> anyhow::Res
         settings.rtmp, settings.rtmp, settings.http
     );
 
+    print_banner(&settings, generation);
     let main_loop = MainLoop {
         ctx: ctx.clone(),
         upgrader: Upgrader::new(control_server.path()),
@@ -264,6 +265,34 @@ async fn start(settings: Settings, upgrade_from: Option<PathBuf>) -> anyhow::Res
     drop(control_server);
     tracing::info!(pid, generation, "origin exited");
     Ok(())
+}
+
+/// Where to publish and play, on stdout for whoever started us.
+fn print_banner(settings: &Settings, generation: u64) {
+    let show = |addr: SocketAddr| {
+        if addr.ip().is_unspecified() {
+            format!("127.0.0.1:{}", addr.port())
+        } else {
+            addr.to_string()
+        }
+    };
+    let (rtmp, http, api) = (show(settings.rtmp), show(settings.http), show(settings.api));
+    println!(
+        "baton-origin {} (generation {generation}, pid {})",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id()
+    );
+    println!(
+        "  publish:  rtmp://{rtmp}/live/STREAM   (OBS: server rtmp://{rtmp}/live, key STREAM)"
+    );
+    println!("  play:     rtmp://{rtmp}/live/STREAM");
+    println!("            http://{http}/live/STREAM.flv");
+    println!("  api:      http://{api}/api/v1/summaries   metrics: http://{api}/metrics");
+    println!(
+        "  stop:     Ctrl-C (fast), kill -QUIT {} (graceful), kill -USR2 {} (upgrade)",
+        std::process::id(),
+        std::process::id()
+    );
 }
 
 fn start_servers(
