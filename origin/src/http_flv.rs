@@ -26,9 +26,10 @@ use tracing::Instrument;
 use crate::accept::{accept_loop, AcceptedConn};
 use crate::playback::{Playback, Step};
 use crate::stall::{StallClock, StallIo};
+use crate::tag_batch::TagBatch;
 use crate::OriginContext;
 
-type Body = BoxBody<Bytes, Infallible>;
+type Body = BoxBody<TagBatch, Infallible>;
 
 pub async fn serve(listener: TcpListener, ctx: Arc<OriginContext>) {
     accept_loop(
@@ -135,7 +136,8 @@ where
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed());
+    let mut response =
+        Response::new(Full::new(TagBatch::from(Bytes::from_static(body.as_bytes()))).boxed());
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
@@ -193,7 +195,7 @@ async fn route(
     if req.method() == Method::HEAD {
         let published = ctx.hub.source(&key).is_some_and(|s| s.is_publishing());
         return if published {
-            flv_response(Full::new(Bytes::new()).boxed())
+            flv_response(Full::new(TagBatch::default()).boxed())
         } else {
             text(StatusCode::NOT_FOUND, "stream not found\n")
         };
@@ -224,7 +226,6 @@ async fn play(key: StreamKey, ctx: Arc<OriginContext>, guard: Arc<ClientGuard>) 
         ctx.shutdown.clone(),
         guard.entry().kick.clone(),
         ctx.settings.play_wait_timeout,
-        ctx.settings.write_coalesce,
     );
     // Hold the response until there is a publisher (bounded), so a missing
     // stream is a 404 rather than an empty 200.
@@ -241,9 +242,11 @@ async fn play(key: StreamKey, ctx: Arc<OriginContext>, guard: Arc<ClientGuard>) 
     }
     tracing::info!("play started");
     let source = playback.source().clone();
-    let header = flv::file_header(true, true);
-    let first_tags: Vec<Bytes> = std::iter::once(header).chain(tags_of(first)).collect();
-    let initial = stream::iter(first_tags.into_iter().map(|b| Ok(Frame::data(b))));
+    let mut first_batch = TagBatch::from(flv::file_header(true, true));
+    for tag in tags_of(first) {
+        first_batch.push(tag);
+    }
+    let initial = stream::iter([Ok(Frame::data(first_batch))]);
     let live = stream::unfold(Some(playback), move |state| {
         let source = source.clone();
         async move {
@@ -251,19 +254,15 @@ async fn play(key: StreamKey, ctx: Arc<OriginContext>, guard: Arc<ClientGuard>) 
             loop {
                 match playback.next().await {
                     Ok(Step::Items { items, then_stop }) => {
-                        let tags = tags_of(items);
-                        let bytes: u64 = tags.iter().map(|t| t.len() as u64).sum();
-                        source.add_bytes_out(bytes);
+                        let batch: TagBatch = tags_of(items).into_iter().collect();
+                        source.add_bytes_out(bytes::Buf::remaining(&batch) as u64);
                         let next = if then_stop.is_some() {
                             None
                         } else {
                             Some(playback)
                         };
-                        if !tags.is_empty() {
-                            return Some((
-                                stream::iter(tags.into_iter().map(|b| Ok(Frame::data(b)))),
-                                next,
-                            ));
+                        if !batch.is_empty() {
+                            return Some((Ok(Frame::data(batch)), next));
                         }
                         playback = next?;
                     }
@@ -280,7 +279,7 @@ async fn play(key: StreamKey, ctx: Arc<OriginContext>, guard: Arc<ClientGuard>) 
         }
     });
     use futures_util::StreamExt;
-    let body = StreamBody::new(initial.chain(live.flatten()));
+    let body = StreamBody::new(initial.chain(live));
     flv_response(BodyExt::boxed(body))
 }
 

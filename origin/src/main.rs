@@ -14,6 +14,7 @@ mod playback;
 mod rtmp_server;
 mod settings;
 mod stall;
+mod tag_batch;
 mod telemetry;
 mod upgrade;
 

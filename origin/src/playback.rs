@@ -34,7 +34,6 @@ pub struct Playback {
     shutdown: Shutdown,
     kick: CancellationToken,
     play_wait_timeout: Duration,
-    write_coalesce: Duration,
     /// When the stream lost (or never had) its publisher.
     unpublished_since: Option<Instant>,
     closing_since: Option<Instant>,
@@ -46,7 +45,6 @@ impl Playback {
         shutdown: Shutdown,
         kick: CancellationToken,
         play_wait_timeout: Duration,
-        write_coalesce: Duration,
     ) -> Self {
         let published = subscriber.source().is_publishing();
         Playback {
@@ -54,7 +52,6 @@ impl Playback {
             shutdown,
             kick,
             play_wait_timeout,
-            write_coalesce,
             unpublished_since: (!published).then(Instant::now),
             closing_since: None,
         }
@@ -84,14 +81,6 @@ impl Playback {
                 _ = sleep_until_opt(wait_deadline) => return Ok(Step::Stop("no publisher within play_wait_timeout")),
                 _ = sleep_until_opt(closing_deadline) => return Ok(Step::Stop("drain deadline")),
                 result = self.subscriber.next_batch(&mut items, MAX_BATCH) => result?,
-            }
-            if !self.write_coalesce.is_zero() && self.closing_since.is_none() {
-                tokio::select! {
-                    _ = tokio::time::sleep(self.write_coalesce) => {}
-                    _ = self.shutdown.close_all.cancelled() => {}
-                    _ = self.kick.cancelled() => {}
-                }
-                self.subscriber.try_batch(&mut items, MAX_BATCH * 4)?;
             }
             for item in &items {
                 match item {

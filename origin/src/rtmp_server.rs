@@ -263,7 +263,6 @@ impl Connection {
             self.ctx.shutdown.clone(),
             self.guard.entry().kick.clone(),
             self.ctx.settings.play_wait_timeout,
-            self.ctx.settings.write_coalesce,
         );
         let mut started = !playback.is_waiting_for_publisher();
         if started {

@@ -139,7 +139,6 @@ pub struct Settings {
     pub upgrade_drain_max: Duration,
     pub reuseport: bool,
     pub play_wait_timeout: Duration,
-    pub write_coalesce: Duration,
     pub max_connections: usize,
     pub handshake_timeout: Duration,
     pub publish_idle_timeout: Duration,
@@ -185,7 +184,6 @@ impl Settings {
             ),
             reuseport: pick(a.reuseport, file.reuseport, false),
             play_wait_timeout: dur(a.play_wait_timeout, file.play_wait_timeout, 10_000),
-            write_coalesce: dur(a.write_coalesce, file.write_coalesce, 20),
             max_connections: pick(a.max_connections, file.max_connections, 18_000),
             handshake_timeout: dur(a.handshake_timeout, file.handshake_timeout, 10_000),
             publish_idle_timeout: dur(a.publish_idle_timeout, file.publish_idle_timeout, 20_000),
@@ -208,6 +206,7 @@ impl Settings {
                     hub_defaults.max_player_skips,
                 ),
                 source_idle_timeout: dur(a.source_idle_timeout, file.source_idle_timeout, 3000),
+                write_coalesce: dur(a.write_coalesce, file.write_coalesce, 20),
                 ..hub_defaults
             },
         };
@@ -229,7 +228,7 @@ impl Settings {
         if self.hub.max_queue_bytes < 64 * 1024 {
             return Err(bad("max_queue_bytes", "must be at least 65536"));
         }
-        if self.write_coalesce > Duration::from_millis(500) {
+        if self.hub.write_coalesce > Duration::from_millis(500) {
             return Err(bad(
                 "write_coalesce",
                 "must be at most 500ms (players would stall)",

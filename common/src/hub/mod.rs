@@ -12,6 +12,7 @@
 mod frame;
 mod source;
 mod subscriber;
+mod wakeup;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -63,6 +64,10 @@ pub struct HubConfig {
     pub max_player_skips: usize,
     /// How long a source with no publisher and no players is kept.
     pub source_idle_timeout: Duration,
+    /// Players are woken at most once per this window (one timer per
+    /// source), so each write carries everything that arrived in it.
+    /// Zero wakes players on every frame.
+    pub write_coalesce: Duration,
 }
 
 impl Default for HubConfig {
@@ -75,6 +80,7 @@ impl Default for HubConfig {
             max_queue_bytes: 16 * 1024 * 1024,
             max_player_skips: 8,
             source_idle_timeout: Duration::from_secs(3),
+            write_coalesce: Duration::ZERO,
         }
     }
 }

@@ -15,9 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
-use tokio::sync::Notify;
-
 use super::frame::SharedFrame;
+use super::wakeup::Wakeup;
 use super::{HubConfig, StreamKey};
 use crate::media::{AudioCodec, MediaFrame, MediaKind, VideoCodec};
 
@@ -143,7 +142,9 @@ pub struct Source {
     pub created_at: SystemTime,
     pub(crate) config: Arc<HubConfig>,
     pub(crate) state: Mutex<SourceState>,
-    pub(crate) notify: Notify,
+    pub(crate) wakeup: Arc<Wakeup>,
+    /// Whether pushes wake players through the coalescing timer.
+    coalescing: bool,
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
     pub(crate) frames_in: AtomicU64,
@@ -172,6 +173,7 @@ const ON_METADATA: &[u8] = b"\x02\x00\x0aonMetaData";
 impl Source {
     pub(crate) fn new(id: u64, key: StreamKey, config: Arc<HubConfig>) -> Self {
         let now = Instant::now();
+        let (wakeup, coalescing) = Wakeup::new(config.write_coalesce);
         Source {
             id,
             key,
@@ -194,7 +196,8 @@ impl Source {
                 published_at: None,
                 rate_in: RateMeter::new(now),
             }),
-            notify: Notify::new(),
+            wakeup,
+            coalescing,
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             frames_in: AtomicU64::new(0),
@@ -247,7 +250,7 @@ impl Source {
         state.idle_since = None;
         Self::append(&mut state, &self.config, HubItem::Published, 0);
         drop(state);
-        self.notify.notify_waiters();
+        self.wakeup.now();
         true
     }
 
@@ -265,7 +268,7 @@ impl Source {
         Self::append(&mut state, &self.config, HubItem::Unpublished, 0);
         state.update_idle(Instant::now());
         drop(state);
-        self.notify.notify_waiters();
+        self.wakeup.now();
     }
 
     /// Accept one frame from the publisher: cache what players need to
@@ -309,7 +312,7 @@ impl Source {
         }
         Self::append(&mut state, &self.config, HubItem::Frame(shared), len);
         drop(state);
-        self.notify.notify_waiters();
+        self.wakeup.data(self.coalescing);
     }
 
     fn append(state: &mut SourceState, config: &HubConfig, item: HubItem, len: usize) {
@@ -364,5 +367,11 @@ impl Source {
         let mut state = self.lock();
         state.players = state.players.saturating_sub(1);
         state.update_idle(Instant::now());
+    }
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        self.wakeup.close();
     }
 }

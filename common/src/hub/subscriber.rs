@@ -86,7 +86,7 @@ impl Subscriber {
     ) -> Result<(), SubscribeError> {
         let source = self.source.clone();
         loop {
-            let notified = source.notify.notified();
+            let notified = source.wakeup.players.notified();
             tokio::pin!(notified);
             // Register interest before looking, so a push between the look
             // and the wait is not missed.
