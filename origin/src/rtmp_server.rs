@@ -230,7 +230,10 @@ impl Connection {
             }
             while let Some(event) = self.session.poll_event() {
                 match event {
-                    ServerEvent::Media { frame, .. } => publisher.push(frame),
+                    ServerEvent::Media {
+                        stream_id: media_stream,
+                        frame,
+                    } if media_stream == stream_id => publisher.push(frame),
                     ServerEvent::Unpublished { .. } => {
                         self.flush_session().await.ok();
                         return Ok("unpublished");

@@ -481,6 +481,7 @@ mod tests {
         }
         assert_eq!(received, sent);
         assert!(player.bytes_received() > 500_000);
+        drop(player);
         server.await.unwrap();
     }
 

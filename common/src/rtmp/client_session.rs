@@ -282,11 +282,12 @@ impl ClientSession {
                 stream_id,
                 ref values,
                 ..
-            } if is_status_data(values) => {
+            } if first_string(values) == Some("onStatus") => {
                 if let Some(info) = values.get(1) {
                     self.events.push_back(status_event(stream_id, info));
                 }
             }
+            RtmpMessage::Data { ref values, .. } if !is_media_data(values) => {}
             media @ (RtmpMessage::Audio { .. }
             | RtmpMessage::Video { .. }
             | RtmpMessage::Data { .. }
@@ -416,10 +417,14 @@ fn media_message(stream_id: u32, frame: &MediaFrame) -> RtmpMessage {
     }
 }
 
-/// Data messages that are not media: `onStatus` (NetStream.Data.Start) and
-/// `|RtmpSampleAccess`.
-fn is_status_data(values: &[Amf0Value]) -> bool {
-    matches!(values.first().and_then(Amf0Value::as_str), Some(name) if name == "onStatus" || name.starts_with('|'))
+fn first_string(values: &[Amf0Value]) -> Option<&str> {
+    values.first().and_then(Amf0Value::as_str)
+}
+
+/// Data messages that are not media: `onStatus` (NetStream.Data.Start,
+/// reported as a status) and `|RtmpSampleAccess` (dropped).
+fn is_media_data(values: &[Amf0Value]) -> bool {
+    !matches!(first_string(values), Some(name) if name == "onStatus" || name.starts_with('|'))
 }
 
 fn status_event(stream_id: u32, info: &Amf0Value) -> ClientEvent {
