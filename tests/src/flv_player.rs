@@ -54,8 +54,8 @@ impl FlvPlayer {
         stream.write_all(req.as_bytes()).await?;
         let mut raw = BytesMut::with_capacity(64 * 1024);
         let head = read_head(&mut stream, &mut raw).await?;
-        let chunked =
-            header(&head.headers, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        let chunked = header(&head.headers, "transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
         let framing = if chunked {
             Framing::Chunked(Dechunker::default())
         } else if let Some(len) = header(&head.headers, "content-length") {
@@ -89,7 +89,9 @@ impl FlvPlayer {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.stream.local_addr().expect("local_addr of a connected socket")
+        self.stream
+            .local_addr()
+            .expect("local_addr of a connected socket")
     }
 
     /// The 13-byte FLV file header (with PreviousTagSize0) once received.
@@ -120,7 +122,10 @@ impl FlvPlayer {
     }
 
     /// [`FlvPlayer::next_frame`] bounded by `limit`: `Err` on timeout.
-    pub async fn next_frame_within(&mut self, limit: Duration) -> anyhow::Result<Option<MediaFrame>> {
+    pub async fn next_frame_within(
+        &mut self,
+        limit: Duration,
+    ) -> anyhow::Result<Option<MediaFrame>> {
         tokio::time::timeout(limit, self.next_frame())
             .await
             .with_context(|| format!("no FLV tag within {limit:?}"))?

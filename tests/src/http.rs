@@ -88,7 +88,11 @@ pub async fn request(method: &str, url: &str, body: Option<&[u8]>) -> anyhow::Re
         .map_err(|_| anyhow!("{method} {url}: no complete response within {REQUEST_TIMEOUT:?}"))?
 }
 
-async fn request_inner(method: &str, url: &str, body: Option<&[u8]>) -> anyhow::Result<HttpResponse> {
+async fn request_inner(
+    method: &str,
+    url: &str,
+    body: Option<&[u8]>,
+) -> anyhow::Result<HttpResponse> {
     let (authority, path) = split_url(url)?;
     let mut stream = TcpStream::connect(&authority)
         .await
@@ -174,7 +178,8 @@ async fn read_body(
     buf: &mut BytesMut,
     headers: &[(String, String)],
 ) -> anyhow::Result<Vec<u8>> {
-    let chunked = header(headers, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    let chunked =
+        header(headers, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
     if chunked {
         let mut dechunker = Dechunker::default();
         let mut out = BytesMut::new();
@@ -323,8 +328,9 @@ mod tests {
 
     #[test]
     fn parses_heads_and_urls() {
-        let head = parse_head(b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nX: a:b\r\n\r\n")
-            .expect("valid head");
+        let head =
+            parse_head(b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nX: a:b\r\n\r\n")
+                .expect("valid head");
         assert_eq!(head.status, 404);
         assert_eq!(header(&head.headers, "content-type"), Some("text/plain"));
         assert_eq!(header(&head.headers, "x"), Some("a:b"));

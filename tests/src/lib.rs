@@ -12,8 +12,16 @@
 //!   published (keyframe start, no gaps, no duplicates, same bytes);
 //! - [`http`]: a tiny HTTP/1.1 client over raw TCP (status, headers, body);
 //! - [`flv_player`]: an HTTP-FLV player over raw TCP (de-chunking, FLV tags);
+//! - [`play`]: publishing and playing with deadlines, one [`play::FramePlayer`]
+//!   trait over the RTMP client and the FLV player;
 //! - [`raw_rtmp`]: a low-level RTMP connection for hostile and misbehaving
 //!   clients (garbage, bad chunk sizes, a player that never reads);
+//! - [`ffmpeg`]: a real H.264/AAC fixture made by ffmpeg, an ffmpeg publisher
+//!   and ffprobe queries (the interop tests);
+//! - [`feed`]: a real-time publisher feeding several processes at once
+//!   (upgrade generations) and watchers recording what long-lived players
+//!   received; [`load`]: a connection-churn loop that records every failed
+//!   attempt (lifecycle and upgrade tests);
 //! - [`tools`]: external programs (ffmpeg, ffprobe, the upgrade command)
 //!   with timeouts, so a hang fails a test instead of blocking CI.
 //!
@@ -21,16 +29,21 @@
 
 pub mod binaries;
 pub mod check;
+pub mod feed;
+pub mod ffmpeg;
 pub mod flv_player;
 pub mod http;
+pub mod load;
 pub mod origin;
+pub mod play;
 pub mod raw_rtmp;
 pub mod synth;
 pub mod tools;
 
 pub use check::{assert_playback, frame_summary, PlaybackCheck};
 pub use flv_player::FlvPlayer;
-pub use origin::{Origin, OriginBuilder};
+pub use nix::sys::signal::Signal;
+pub use origin::{pid_alive, signal_pid, Origin, OriginBuilder, Ports};
 pub use synth::{frame_index, Synth, SynthConfig};
 
 use std::future::Future;
