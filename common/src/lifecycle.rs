@@ -11,7 +11,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
@@ -155,7 +157,7 @@ impl Shutdown {
                 }
                 wake = wake.min(deadline);
             }
-            let _ = tokio::time::timeout_at(wake.into(), clients.wait_empty()).await;
+            let _ = tokio::time::timeout_at(wake, clients.wait_empty()).await;
             if Instant::now() >= next_log && clients.count() > 0 {
                 let counts = clients.role_counts();
                 tracing::info!(
