@@ -106,6 +106,7 @@ fn main() -> ExitCode {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("baton-origin: {error}");
+            upgrade::report_startup_failure(&error.to_string());
             return ExitCode::from(2);
         }
     };

@@ -36,6 +36,21 @@ const LISTENER_NAMES: [&str; 3] = ["rtmp", "http", "api"];
 /// How long a fast exit waits for connections to close.
 const FAST_EXIT_BUDGET: Duration = Duration::from_millis(700);
 
+/// A successor that cannot even load its settings still tells the running
+/// generation why, so `baton-origin upgrade` prints the reason.
+pub fn report_startup_failure(reason: &str) {
+    let Some(from) = upgrade_source_from_env() else {
+        return;
+    };
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    let _ = runtime.block_on(report_failure(&from, std::process::id(), reason));
+}
+
 /// `baton-origin upgrade --pid-file PATH`.
 pub fn run_upgrade_command(
     pid_file: &Path,
@@ -350,6 +365,11 @@ impl MainLoop {
                     }
                 }
                 Some(call) = control.recv() => self.on_control(call, &upgrade_tx),
+                _ = self.ctx.shutdown.stop_accepting.cancelled(), if self.handover_copies.is_some() => {
+                    // The listeners' last copies: closing them is what makes
+                    // new connections refused rather than queued forever.
+                    self.handover_copies = None;
+                }
                 Some(outcome) = upgrade_rx.recv() => self.on_upgrade_outcome(outcome),
                 _ = wait_opt(&mut self.drain) => return,
             }
@@ -403,14 +423,12 @@ impl MainLoop {
                         tracing::warn!(successor = pid, reason, "hand-over refused");
                         responder.reply_err(reason);
                     }
-                    baton_common::handover::ReadyVerdict::External => {
-                        // A successor we did not spawn (started by hand with
-                        // BATON_UPGRADE_FROM): hand over all the same.
-                        responder.reply(ControlResponse::Ok);
+                    // A successor we did not spawn (started by hand with
+                    // BATON_UPGRADE_FROM) is handed over to all the same.
+                    baton_common::handover::ReadyVerdict::External
+                    | baton_common::handover::ReadyVerdict::Spawned => {
                         self.hand_over(pid);
-                    }
-                    baton_common::handover::ReadyVerdict::Spawned => {
-                        responder.reply(ControlResponse::Ok)
+                        responder.reply(ControlResponse::Ok);
                     }
                 }
             }
@@ -528,6 +546,14 @@ impl MainLoop {
             successor,
             "upgrade: successor is serving; this generation stops accepting and drains"
         );
+        // Name the successor in the PID file before anyone is told the
+        // upgrade happened, so `kill -USR2 $(cat pidfile)` never reaches a
+        // draining generation.
+        if let Some(pid_file) = &self.ctx.settings.pid_file {
+            if let Err(error) = PidFile::write_atomic(pid_file, successor) {
+                tracing::error!(%error, pid_file = %pid_file.display(), "cannot name the successor in the pid file");
+            }
+        }
         let plan = DrainPlan {
             accept_for: Duration::ZERO,
             final_wait: Duration::ZERO,

@@ -305,13 +305,13 @@ async fn drive(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let config = Arc::new(config);
     let mut in_flight = JoinSet::new();
-    let mut n: u64 = 0;
+    let mut rtmp_next = true;
     loop {
         tokio::select! {
             _ = stop.changed() => break,
             _ = ticker.tick() => {
-                let proto = if n % 2 == 0 { Proto::Rtmp } else { Proto::Http };
-                n += 1;
+                let proto = if rtmp_next { Proto::Rtmp } else { Proto::Http };
+                rtmp_next = !rtmp_next;
                 shared.attempted.fetch_add(1, Ordering::SeqCst);
                 match proto {
                     Proto::Rtmp => shared.rtmp.fetch_add(1, Ordering::SeqCst),
