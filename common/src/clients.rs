@@ -289,6 +289,7 @@ impl Drop for ClientGuard {
         let count = {
             let mut clients = self.registry.clients();
             clients.remove(&self.entry.id);
+            crate::hub::shrink_if_mostly_empty(&mut clients);
             clients.len()
         };
         self.registry.role_changed(Some(self.entry.role()), None);

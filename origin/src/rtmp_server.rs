@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use baton_common::clients::{ClientGuard, ClientRole, Transport};
-use baton_common::hub::{HubItem, PublishError, PublisherInfo, StreamKey};
-use baton_common::rtmp::chunk::{encode_standalone, RawMessage};
-use baton_common::rtmp::message::csid;
+use baton_common::hub::{encode_rtmp, HubItem, PublishError, PublisherInfo, StreamKey};
 use baton_common::rtmp::session::{ServerEvent, ServerSession, SessionConfig, PLAY_STREAM_ID};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -319,7 +317,7 @@ impl Connection {
                         segments.push(if shared_bytes {
                             frame.rtmp_chunks().clone()
                         } else {
-                            encode_for_stream(&frame.frame, stream_id)
+                            encode_rtmp(&frame.frame, stream_id)
                         });
                     }
                     HubItem::Unpublished => {
@@ -371,26 +369,6 @@ impl Connection {
         }
         stopped
     }
-}
-
-/// Slow path for a player on an unusual message stream id: the shared
-/// encoding targets [`PLAY_STREAM_ID`], so this one gets its own copy.
-fn encode_for_stream(frame: &baton_common::media::MediaFrame, stream_id: u32) -> Bytes {
-    let chunk_stream = match frame.kind {
-        baton_common::media::MediaKind::Audio => csid::AUDIO,
-        baton_common::media::MediaKind::Video => csid::VIDEO,
-        baton_common::media::MediaKind::Data => csid::STREAM_COMMAND,
-    };
-    encode_standalone(
-        baton_common::rtmp::session::OUT_CHUNK_SIZE,
-        &RawMessage {
-            csid: chunk_stream,
-            timestamp: frame.timestamp,
-            type_id: frame.kind.type_id(),
-            stream_id,
-            payload: frame.payload.clone(),
-        },
-    )
 }
 
 /// Write every segment with vectored writes (no copying them together),

@@ -36,23 +36,8 @@ impl SharedFrame {
     /// [`OUT_CHUNK_SIZE`]: a fmt-0 first chunk, so it does not depend on what
     /// was written before it on the connection.
     pub fn rtmp_chunks(&self) -> &Bytes {
-        self.rtmp.get_or_init(|| {
-            let chunk_stream = match self.frame.kind {
-                MediaKind::Audio => csid::AUDIO,
-                MediaKind::Video => csid::VIDEO,
-                MediaKind::Data => csid::STREAM_COMMAND,
-            };
-            encode_standalone(
-                OUT_CHUNK_SIZE,
-                &RawMessage {
-                    csid: chunk_stream,
-                    timestamp: self.frame.timestamp,
-                    type_id: self.frame.kind.type_id(),
-                    stream_id: PLAY_STREAM_ID,
-                    payload: self.frame.payload.clone(),
-                },
-            )
-        })
+        self.rtmp
+            .get_or_init(|| encode_rtmp(&self.frame, PLAY_STREAM_ID))
     }
 
     /// The frame as one complete FLV tag.
@@ -63,4 +48,26 @@ impl SharedFrame {
     pub fn wire_len(&self) -> usize {
         self.frame.payload.len()
     }
+}
+
+/// A frame as standalone RTMP chunks (fmt-0 first chunk, [`OUT_CHUNK_SIZE`])
+/// on message stream `stream_id`, on the conventional chunk stream for its
+/// kind. Shared encodings use [`PLAY_STREAM_ID`]; a player on another
+/// stream id gets its own.
+pub fn encode_rtmp(frame: &MediaFrame, stream_id: u32) -> Bytes {
+    let chunk_stream = match frame.kind {
+        MediaKind::Audio => csid::AUDIO,
+        MediaKind::Video => csid::VIDEO,
+        MediaKind::Data => csid::STREAM_COMMAND,
+    };
+    encode_standalone(
+        OUT_CHUNK_SIZE,
+        &RawMessage {
+            csid: chunk_stream,
+            timestamp: frame.timestamp,
+            type_id: frame.kind.type_id(),
+            stream_id,
+            payload: frame.payload.clone(),
+        },
+    )
 }

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-pub use frame::SharedFrame;
+pub use frame::{encode_rtmp, SharedFrame};
 pub use source::{HubItem, PublisherInfo, Source, SourceStats};
 pub use subscriber::{SubscribeError, Subscriber};
 
@@ -200,6 +200,7 @@ impl Hub {
             !expired
         });
         let freed = before - sources.len();
+        shrink_if_mostly_empty(&mut sources);
         if freed > 0 {
             metrics::counter!("baton_sources_freed_total").increment(freed as u64);
             metrics::gauge!("baton_streams").set(sources.len() as f64);
@@ -223,6 +224,14 @@ impl Hub {
                 }
             }
         })
+    }
+}
+
+/// Give back a map's table once it is mostly empty, so a burst of streams
+/// or clients does not keep its peak-sized table for the process's life.
+pub(crate) fn shrink_if_mostly_empty<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 1024 && map.len() < map.capacity() / 8 {
+        map.shrink_to(map.len() * 2);
     }
 }
 
