@@ -266,6 +266,9 @@ pub async fn run(opts: ChurnOptions) -> Result<()> {
                 settle_start.elapsed().as_secs_f64()
             );
         }
+        // The server gives freed memory back shortly after the sources
+        // leave its map (the hub reaper trims on the next tick too).
+        sleep(Duration::from_secs(2)).await;
     } else if opts.pid.is_some() {
         sleep(opts.settle.min(Duration::from_secs(5))).await;
     }

@@ -217,11 +217,17 @@ impl Hub {
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(period);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Trim again on the tick after a reap: what the freed sources
+            // held (their tasks, the last frames in flight) is released a
+            // little after they leave the map.
+            let mut trim_again = false;
             loop {
                 ticker.tick().await;
-                if hub.reap_idle(Instant::now()) > 0 {
+                let freed = hub.reap_idle(Instant::now()) > 0;
+                if freed || trim_again {
                     crate::telemetry::release_free_memory();
                 }
+                trim_again = freed;
             }
         })
     }
