@@ -15,4 +15,5 @@ pub mod hub;
 pub mod lifecycle;
 pub mod media;
 pub mod rtmp;
+pub mod sdnotify;
 pub mod telemetry;

@@ -264,6 +264,7 @@ async fn start(settings: Settings, upgrade_from: Option<PathBuf>) -> anyhow::Res
     );
 
     print_banner(&settings, generation);
+    baton_common::sdnotify::ready();
     let main_loop = MainLoop {
         ctx: ctx.clone(),
         upgrader: Upgrader::new(control_server.path()),
@@ -377,6 +378,7 @@ impl MainLoop {
     }
 
     async fn fast_exit(&mut self) {
+        baton_common::sdnotify::stopping();
         if let Some(drain) = self.drain.take() {
             drain.abort();
         }
@@ -394,6 +396,7 @@ impl MainLoop {
             );
             return;
         }
+        baton_common::sdnotify::stopping();
         let settings = &self.ctx.settings;
         let plan = DrainPlan {
             accept_for: settings.grace_start_wait,
