@@ -195,7 +195,7 @@ pub fn stream_json(s: &SourceStats) -> Value {
         "frames": s.frames_in,
         "recv_bytes": s.bytes_in,
         "send_bytes": s.bytes_out,
-        "kbps": { "recv_30s": s.kbps_in, "recv_1s": s.kbps_in },
+        "kbps": { "recv_30s": s.kbps_in, "recv_1s": s.kbps_in, "send_30s": s.kbps_out, "send_1s": s.kbps_out },
         "publish": {
             "active": s.publisher.is_some(),
             "cid": s.publisher.as_ref().map(|p| p.client_id),

@@ -152,7 +152,7 @@ impl Connection {
             while let Some(event) = self.session.poll_event() {
                 match event {
                     ServerEvent::Connected { app, tc_url } => {
-                        tracing::debug!(app, tc_url = tc_url.as_deref().unwrap_or(""), "connect");
+                        tracing::info!(app, tc_url = tc_url.as_deref().unwrap_or(""), "connect");
                     }
                     ServerEvent::PublishRequested {
                         stream_id, stream, ..
@@ -300,7 +300,9 @@ impl Connection {
                             "NetStream.Play.StreamNotFound",
                             &format!("{key} is not published"),
                         );
-                    } else {
+                    } else if !playback.is_waiting_for_publisher() {
+                        // End of stream, once: not again if the player
+                        // already heard the publisher leave.
                         self.session.notify_unpublish(stream_id);
                     }
                     self.flush_session().await.ok();

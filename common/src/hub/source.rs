@@ -148,6 +148,10 @@ pub struct Source {
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
     pub(crate) frames_in: AtomicU64,
+    /// (when, bytes_out then, kbps) of the last outbound rate sample: the
+    /// outbound rate is sampled when stats are read, so the hot path only
+    /// adds to an atomic.
+    out_sample: Mutex<(Instant, u64, u64)>,
 }
 
 /// A snapshot of a source for the API.
@@ -160,6 +164,7 @@ pub struct SourceStats {
     pub video_codec: Option<VideoCodec>,
     pub audio_codec: Option<AudioCodec>,
     pub kbps_in: u64,
+    pub kbps_out: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub frames_in: u64,
@@ -201,6 +206,7 @@ impl Source {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             frames_in: AtomicU64::new(0),
+            out_sample: Mutex::new((now, 0, 0)),
         }
     }
 
@@ -220,8 +226,22 @@ impl Source {
         self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// Outbound kbps over the interval since the previous sample (at least
+    /// a second; a shorter interval returns the previous figure).
+    fn kbps_out(&self, now: Instant) -> u64 {
+        let bytes_out = self.bytes_out.load(Ordering::Relaxed);
+        let mut sample = self.out_sample.lock().unwrap_or_else(|p| p.into_inner());
+        let elapsed_ms = now.duration_since(sample.0).as_millis() as u64;
+        if elapsed_ms >= 1000 {
+            let kbps = bytes_out.saturating_sub(sample.1) * 8 / elapsed_ms;
+            *sample = (now, bytes_out, kbps);
+        }
+        sample.2
+    }
+
     pub fn stats(&self) -> SourceStats {
         let now = Instant::now();
+        let kbps_out = self.kbps_out(now);
         let state = self.lock();
         SourceStats {
             id: self.id,
@@ -231,6 +251,7 @@ impl Source {
             video_codec: state.video_codec,
             audio_codec: state.audio_codec,
             kbps_in: state.rate_in.kbps(now),
+            kbps_out,
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
             frames_in: self.frames_in.load(Ordering::Relaxed),
