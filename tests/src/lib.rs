@@ -31,6 +31,7 @@ pub mod binaries;
 pub mod check;
 pub mod feed;
 pub mod ffmpeg;
+pub mod findings;
 pub mod flv_player;
 pub mod http;
 pub mod load;

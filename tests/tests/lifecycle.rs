@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use baton_common::rtmp::client::{ClientError, RtmpPlayer};
 use baton_tests::feed::{Feed, Seen, Watcher};
+use baton_tests::findings::Findings;
 use baton_tests::play::{flv_player, rtmp_player};
 use baton_tests::raw_rtmp::RawRtmp;
 use baton_tests::{eventually, http, within, Origin, Signal};
@@ -38,31 +39,6 @@ const FAST_EXIT: Duration = Duration::from_secs(1);
 
 /// One lifecycle test at a time (see the module docs).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Violations collected by a test, reported together at its end.
-#[derive(Default)]
-struct Findings(Vec<String>);
-
-impl Findings {
-    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
-        if !ok {
-            let what = what();
-            eprintln!("FINDING: {what}");
-            self.0.push(what);
-        }
-    }
-
-    #[track_caller]
-    fn assert_none(&self, origin: &Origin) {
-        assert!(
-            self.0.is_empty(),
-            "{} violation(s):\n- {}\n--- origin log tail ---\n{}",
-            self.0.len(),
-            self.0.join("\n- "),
-            origin.log_tail(60)
-        );
-    }
-}
 
 /// Within `expected ± TOLERANCE`.
 fn about(actual: Duration, expected: Duration) -> bool {

@@ -18,6 +18,7 @@
 //! failure with its time. The tests of this file run one at a time (a
 //! shared lock): two load loops on two cores would measure the machine.
 
+use baton_tests::findings::Findings;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,31 +37,6 @@ const UPGRADE_LIMIT: Duration = Duration::from_secs(60);
 
 /// One upgrade test at a time (see the module docs).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Violations collected by a test, reported together at its end.
-#[derive(Default)]
-struct Findings(Vec<String>);
-
-impl Findings {
-    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
-        if !ok {
-            let what = what();
-            eprintln!("FINDING: {what}");
-            self.0.push(what);
-        }
-    }
-
-    #[track_caller]
-    fn assert_none(&self, origin: &Origin) {
-        assert!(
-            self.0.is_empty(),
-            "{} violation(s):\n- {}\n--- origin log tail ---\n{}",
-            self.0.len(),
-            self.0.join("\n- "),
-            origin.log_tail(80)
-        );
-    }
-}
 
 fn output_text(out: &ToolOutput) -> String {
     format!(
