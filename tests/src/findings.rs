@@ -2,6 +2,9 @@
 //! origin's log tail: a test of several promises shows every broken one,
 //! not just the first.
 
+use std::time::Duration;
+
+use crate::feed::Watcher;
 use crate::origin::Origin;
 
 #[derive(Debug, Default)]
@@ -15,6 +18,28 @@ impl Findings {
             eprintln!("FINDING: {what}");
             self.0.push(what);
         }
+    }
+
+    /// Record unless `watcher` receives `frames` more frames within
+    /// `limit` and has no gap in the frame indices it saw.
+    pub async fn still_served(
+        &mut self,
+        watcher: &Watcher,
+        frames: u64,
+        limit: Duration,
+        when: &str,
+    ) {
+        let more = watcher.wait_frames(frames, limit).await;
+        self.check(more.is_ok(), || {
+            format!("{} not served {when}: {:?}", watcher.label, more.err())
+        });
+        let seen = watcher.seen();
+        self.check(seen.index_gaps.is_empty(), || {
+            format!(
+                "{} has index gaps {when}: {:?}",
+                watcher.label, seen.index_gaps
+            )
+        });
     }
 
     /// Fail the test if anything was recorded, showing the origin's log.

@@ -622,18 +622,14 @@ async fn force_grace_quit_makes_sigterm_graceful() {
         )
     });
     for w in [&rtmp, &flv] {
-        let more = w.wait_frames(20, Duration::from_secs(1)).await;
-        findings.check(more.is_ok(), || {
-            format!(
-                "{} stopped receiving after SIGTERM: {:?}",
-                w.label,
-                more.err()
+        findings
+            .still_served(
+                w,
+                20,
+                Duration::from_secs(1),
+                "after SIGTERM with force_grace_quit",
             )
-        });
-        let seen = w.seen();
-        findings.check(seen.index_gaps.is_empty(), || {
-            format!("{} has index gaps: {:?}", w.label, seen.index_gaps)
-        });
+            .await;
     }
     rtmp.leave().await;
     flv.leave().await;
@@ -678,18 +674,9 @@ async fn sigterm_during_a_drain_exits_at_once_and_a_second_sigquit_is_ignored() 
         )
     });
     for w in [&rtmp, &flv] {
-        let more = w.wait_frames(20, Duration::from_secs(1)).await;
-        findings.check(more.is_ok(), || {
-            format!(
-                "{} not served after the second SIGQUIT: {:?}",
-                w.label,
-                more.err()
-            )
-        });
-        let seen = w.seen();
-        findings.check(seen.index_gaps.is_empty(), || {
-            format!("{} has index gaps: {:?}", w.label, seen.index_gaps)
-        });
+        findings
+            .still_served(w, 20, Duration::from_secs(1), "after the second SIGQUIT")
+            .await;
     }
     findings.check(origin.log().contains("already draining"), || {
         "the log does not say the second SIGQUIT was ignored".into()

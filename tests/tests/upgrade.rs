@@ -556,24 +556,16 @@ async fn a_failed_upgrade_leaves_the_old_process_serving() {
 
     // Still serving: old players, new players, the API.
     for w in &players {
-        let more = w.wait_frames(30, Duration::from_secs(3)).await;
-        findings.check(more.is_ok(), || {
+        findings
+            .still_served(w, 30, Duration::from_secs(3), "after the failed upgrades")
+            .await;
+        let silence = w.seen().max_silence;
+        findings.check(silence < Duration::from_secs(1), || {
             format!(
-                "{} not served after the failed upgrades: {:?}",
-                w.label,
-                more.err()
+                "{}: max silence {silence:?} after the failed upgrades",
+                w.label
             )
         });
-        let seen = w.seen();
-        findings.check(
-            seen.index_gaps.is_empty() && seen.max_silence < Duration::from_secs(1),
-            || {
-                format!(
-                    "{}: gaps {:?}, max silence {:?}",
-                    w.label, seen.index_gaps, seen.max_silence
-                )
-            },
-        );
     }
     drop(player_pair(&origin, "after").await);
     let s = origin.api_json("/api/v1/summaries").await;
@@ -747,18 +739,14 @@ async fn three_generations_are_counted_together() {
         format!("self.generation = {}", data["self"]["generation"])
     });
     for w in &players {
-        let more = w.wait_frames(30, Duration::from_secs(3)).await;
-        findings.check(more.is_ok(), || {
-            format!(
-                "{} not served with three generations alive: {:?}",
-                w.label,
-                more.err()
+        findings
+            .still_served(
+                w,
+                30,
+                Duration::from_secs(3),
+                "with three generations alive",
             )
-        });
-        let seen = w.seen();
-        findings.check(seen.index_gaps.is_empty(), || {
-            format!("{} has index gaps: {:?}", w.label, seen.index_gaps)
-        });
+            .await;
     }
     for pid in [g1, g2, g3] {
         findings.check(pid_alive(pid), || format!("PID {pid} is not alive"));
