@@ -168,8 +168,24 @@ EOF
     stop "$pid"
 }
 
+# On a fresh machine, as root, install what the comparison needs.
+install_missing() {
+    local packages=()
+    command -v ffmpeg >/dev/null || packages+=(ffmpeg)
+    command -v taskset >/dev/null || packages+=(util-linux)
+    if [[ " $SERVERS " == *" nginx "* ]] && { ! command -v nginx >/dev/null || [[ ! -e $NGINX_RTMP_MODULE ]]; }; then
+        packages+=(nginx libnginx-mod-rtmp)
+    fi
+    if [[ ${#packages[@]} -gt 0 && $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        log "installing ${packages[*]}"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
+    fi
+}
+
 main() {
     local s
+    install_missing
     command -v ffmpeg >/dev/null || die "ffmpeg not found: apt-get install -y ffmpeg"
     command -v taskset >/dev/null || die "taskset not found: apt-get install -y util-linux"
     [[ $(nproc) -ge 2 ]] || die "needs at least 2 cores (server on core 0, load on core 1)"
