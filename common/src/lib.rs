@@ -6,14 +6,13 @@
 //! publisher out to players, the process lifecycle (signals, drain), the
 //! configuration loader and telemetry.
 
-pub mod amf0;
+pub use baton_proto::{amf0, flv, media};
+
 pub mod clients;
 pub mod config;
-pub mod flv;
 pub mod handover;
 pub mod hub;
 pub mod lifecycle;
-pub mod media;
 pub mod rtmp;
 pub mod sdnotify;
 pub mod telemetry;

@@ -80,7 +80,10 @@ impl Connection {
             reader,
             writer,
             input: BytesMut::with_capacity(READ_CHUNK),
-            session: ServerSession::new(SessionConfig::default()),
+            session: ServerSession::new(SessionConfig {
+                handshake_seed: rand::random(),
+                ..SessionConfig::default()
+            }),
             guard,
             ctx,
         }

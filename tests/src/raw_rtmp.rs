@@ -94,7 +94,7 @@ impl RawRtmp {
 
     /// Plain client handshake (C0+C1, C2 = echo of S1).
     pub async fn handshake(&mut self) -> anyhow::Result<()> {
-        let mut hs = ClientHandshake::new();
+        let mut hs = ClientHandshake::default();
         let mut out = BytesMut::new();
         hs.start(&mut out);
         self.write_raw(&out).await?;

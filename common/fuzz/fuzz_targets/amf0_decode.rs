@@ -2,7 +2,7 @@
 //! decode again.
 #![no_main]
 
-use baton_common::amf0;
+use baton_proto::amf0;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,8 +3,8 @@
 //! unbounded allocation.
 #![no_main]
 
-use baton_common::rtmp::chunk::ChunkDecoder;
-use baton_common::rtmp::message::RtmpMessage;
+use baton_proto::rtmp::chunk::ChunkDecoder;
+use baton_proto::rtmp::message::RtmpMessage;
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 

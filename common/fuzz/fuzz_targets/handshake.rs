@@ -3,13 +3,13 @@
 //! handling is reached too.
 #![no_main]
 
-use baton_common::rtmp::handshake::{ClientHandshake, ServerHandshake, RTMP_VERSION};
+use baton_proto::rtmp::handshake::{ClientHandshake, ServerHandshake, RTMP_VERSION};
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 
 fn run(prefix: &[u8], data: &[u8]) {
-    let mut server = ServerHandshake::new();
-    let mut client = ClientHandshake::new();
+    let mut server = ServerHandshake::default();
+    let mut client = ClientHandshake::default();
     let mut out = BytesMut::new();
     client.start(&mut out);
     let mut server_in = BytesMut::from(prefix);

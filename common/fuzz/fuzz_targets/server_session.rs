@@ -3,8 +3,8 @@
 //! the origin does.
 #![no_main]
 
-use baton_common::rtmp::handshake::HANDSHAKE_SIZE;
-use baton_common::rtmp::session::{ServerEvent, ServerSession, SessionConfig};
+use baton_proto::rtmp::handshake::HANDSHAKE_SIZE;
+use baton_proto::rtmp::session::{ServerEvent, ServerSession, SessionConfig};
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 

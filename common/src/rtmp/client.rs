@@ -128,7 +128,7 @@ impl Connection {
     async fn open(url: &RtmpUrl) -> Result<Self, ClientError> {
         let socket = TcpStream::connect((url.host.as_str(), url.port)).await?;
         socket.set_nodelay(true)?;
-        let mut session = ClientSession::new();
+        let mut session = ClientSession::with_seed(rand::random());
         session.connect(&url.app, &url.tc_url());
         session.create_stream();
         Ok(Connection {

@@ -1,13 +1,7 @@
-//! RTMP: sans-IO codecs (handshake, chunk stream, messages, session state
-//! machines) plus thin tokio glue for clients.
-//!
-//! Everything under this module except `client` is pure: bytes in, events
-//! and bytes out, no sockets and no clocks, so each layer is unit-tested and
-//! fuzzed on its own.
+//! RTMP for Baton's servers and tools: the sans-IO layers of
+//! [`baton_proto::rtmp`] re-exported, plus [`client`], the thin tokio glue
+//! that drives a [`client_session::ClientSession`] over a TCP socket.
 
-pub mod chunk;
+pub use baton_proto::rtmp::*;
+
 pub mod client;
-pub mod client_session;
-pub mod handshake;
-pub mod message;
-pub mod session;

@@ -13,7 +13,6 @@
 
 use bytes::{BufMut, BytesMut};
 use hmac::{Hmac, Mac};
-use rand::RngCore;
 use sha2::Sha256;
 
 /// Size of C1, C2, S1 and S2.
@@ -84,19 +83,23 @@ enum ServerState {
 pub struct ServerHandshake {
     state: ServerState,
     used_digest: Option<DigestSchema>,
+    filler: Filler,
 }
 
 impl Default for ServerHandshake {
     fn default() -> Self {
-        Self::new()
+        Self::new(DEFAULT_SEED)
     }
 }
 
 impl ServerHandshake {
-    pub fn new() -> Self {
+    /// `seed` feeds the random bytes of S1/S2 (the caller owns randomness;
+    /// the bytes protect nothing, they only have to vary).
+    pub fn new(seed: u64) -> Self {
         ServerHandshake {
             state: ServerState::AwaitingC0C1,
             used_digest: None,
+            filler: Filler(seed),
         }
     }
 
@@ -132,17 +135,17 @@ impl ServerHandshake {
         Ok(HandshakeStatus::Done)
     }
 
-    fn answer_c1(&self, c1: &[u8; HANDSHAKE_SIZE], out: &mut BytesMut) -> Option<DigestSchema> {
+    fn answer_c1(&mut self, c1: &[u8; HANDSHAKE_SIZE], out: &mut BytesMut) -> Option<DigestSchema> {
         out.reserve(1 + 2 * HANDSHAKE_SIZE);
         out.put_u8(RTMP_VERSION);
         match find_client_digest(c1) {
             Some((schema, client_digest)) => {
-                out.put_slice(&digest_s1(schema));
-                out.put_slice(&digest_s2(&client_digest));
+                out.put_slice(&digest_s1(schema, &mut self.filler));
+                out.put_slice(&digest_s2(&client_digest, &mut self.filler));
                 Some(schema)
             }
             None => {
-                out.put_slice(&plain_c1_or_s1());
+                out.put_slice(&plain_c1_or_s1(&mut self.filler));
                 out.put_slice(c1);
                 None
             }
@@ -162,18 +165,21 @@ enum ClientState {
 #[derive(Debug)]
 pub struct ClientHandshake {
     state: ClientState,
+    filler: Filler,
 }
 
 impl Default for ClientHandshake {
     fn default() -> Self {
-        Self::new()
+        Self::new(DEFAULT_SEED)
     }
 }
 
 impl ClientHandshake {
-    pub fn new() -> Self {
+    /// `seed` feeds the random bytes of C1.
+    pub fn new(seed: u64) -> Self {
         ClientHandshake {
             state: ClientState::NotStarted,
+            filler: Filler(seed),
         }
     }
 
@@ -184,7 +190,7 @@ impl ClientHandshake {
         }
         out.reserve(1 + HANDSHAKE_SIZE);
         out.put_u8(RTMP_VERSION);
-        out.put_slice(&plain_c1_or_s1());
+        out.put_slice(&plain_c1_or_s1(&mut self.filler));
         self.state = ClientState::AwaitingS0S1;
     }
 
@@ -237,10 +243,33 @@ fn take_c0_c1(input: &mut BytesMut) -> Option<[u8; HANDSHAKE_SIZE]> {
     Some(packet)
 }
 
+/// Seed used where the caller gives none (tests, fuzzing).
+pub const DEFAULT_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// The handshake's "random" bytes: splitmix64 over the caller's seed. They
+/// carry no secret (RTMP's digests use fixed public keys), they only have
+/// to differ between connections, so a seeded generator is enough and keeps
+/// this crate free of an entropy source.
+#[derive(Debug, Clone)]
+struct Filler(u64);
+
+impl Filler {
+    fn fill(&mut self, out: &mut [u8]) {
+        for chunk in out.chunks_mut(8) {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
+        }
+    }
+}
+
 /// time (0: we keep no clock) + four zero bytes + random.
-fn plain_c1_or_s1() -> [u8; HANDSHAKE_SIZE] {
+fn plain_c1_or_s1(filler: &mut Filler) -> [u8; HANDSHAKE_SIZE] {
     let mut packet = [0u8; HANDSHAKE_SIZE];
-    rand::rng().fill_bytes(&mut packet[8..]);
+    filler.fill(&mut packet[8..]);
     packet
 }
 
@@ -301,8 +330,8 @@ fn sign_packet(packet: &mut [u8; HANDSHAKE_SIZE], schema: DigestSchema, key: &[u
     packet[position..position + DIGEST_LEN].copy_from_slice(&digest);
 }
 
-fn digest_s1(schema: DigestSchema) -> [u8; HANDSHAKE_SIZE] {
-    let mut s1 = plain_c1_or_s1();
+fn digest_s1(schema: DigestSchema, filler: &mut Filler) -> [u8; HANDSHAKE_SIZE] {
+    let mut s1 = plain_c1_or_s1(filler);
     s1[4..8].copy_from_slice(&SERVER_VERSION);
     sign_packet(&mut s1, schema, flash_server_key());
     s1
@@ -310,9 +339,9 @@ fn digest_s1(schema: DigestSchema) -> [u8; HANDSHAKE_SIZE] {
 
 /// S2 for a digest handshake: random bytes whose last 32 bytes are an HMAC
 /// keyed by HMAC(full server key, client digest).
-fn digest_s2(client_digest: &[u8; DIGEST_LEN]) -> [u8; HANDSHAKE_SIZE] {
+fn digest_s2(client_digest: &[u8; DIGEST_LEN], filler: &mut Filler) -> [u8; HANDSHAKE_SIZE] {
     let mut s2 = [0u8; HANDSHAKE_SIZE];
-    rand::rng().fill_bytes(&mut s2);
+    filler.fill(&mut s2);
     let key = hmac_sha256(&flash_server_full_key(), &[client_digest]);
     let signed_len = HANDSHAKE_SIZE - DIGEST_LEN;
     let digest = hmac_sha256(&key, &[&s2[..signed_len]]);
@@ -341,8 +370,8 @@ mod tests {
 
     #[test]
     fn server_and_client_complete_each_other() {
-        let mut server = ServerHandshake::new();
-        let mut client = ClientHandshake::new();
+        let mut server = ServerHandshake::default();
+        let mut client = ClientHandshake::default();
         let (to_server, to_client) = run_pair(&mut server, &mut client);
         assert_eq!(server.state, ServerState::Done);
         assert_eq!(client.state, ClientState::Done);
@@ -352,7 +381,7 @@ mod tests {
 
     #[test]
     fn trailing_bytes_after_c2_stay_in_input() {
-        let mut server = ServerHandshake::new();
+        let mut server = ServerHandshake::default();
         let mut input = BytesMut::new();
         let mut out = BytesMut::new();
         input.put_u8(3);
@@ -373,7 +402,7 @@ mod tests {
 
     #[test]
     fn plain_s2_echoes_c1() {
-        let mut server = ServerHandshake::new();
+        let mut server = ServerHandshake::default();
         let mut input = BytesMut::new();
         let mut out = BytesMut::new();
         let mut c1 = [0u8; HANDSHAKE_SIZE];
@@ -387,7 +416,7 @@ mod tests {
 
     #[test]
     fn rejects_wrong_version_immediately() {
-        let mut server = ServerHandshake::new();
+        let mut server = ServerHandshake::default();
         let mut out = BytesMut::new();
         let err = server
             .handle(&mut BytesMut::from(&b"GET / HTTP/1.1"[..]), &mut out)
@@ -397,7 +426,7 @@ mod tests {
             err.to_string().split(' ').take(4).collect::<Vec<_>>(),
             ["unsupported", "RTMP", "version", "71"]
         );
-        let mut client = ClientHandshake::new();
+        let mut client = ClientHandshake::default();
         assert!(client
             .handle(&mut BytesMut::from(&[6u8][..]), &mut out)
             .is_err());
@@ -427,7 +456,7 @@ mod tests {
             .try_into()
             .unwrap();
 
-        let mut server = ServerHandshake::new();
+        let mut server = ServerHandshake::default();
         let mut input = BytesMut::new();
         let mut out = BytesMut::new();
         input.put_u8(3);
@@ -468,7 +497,7 @@ mod tests {
         input.put_u8(3);
         input.put_slice(&c1);
         let mut out = BytesMut::new();
-        let mut server = ServerHandshake::new();
+        let mut server = ServerHandshake::default();
         server.handle(&mut input, &mut out).unwrap();
         assert_eq!(server.client_digest_schema(), None);
         assert_eq!(&out[1 + HANDSHAKE_SIZE..], &c1[..]);
@@ -477,8 +506,8 @@ mod tests {
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..2000), 0..4)) {
-            let mut server = ServerHandshake::new();
-            let mut client = ClientHandshake::new();
+            let mut server = ServerHandshake::default();
+            let mut client = ClientHandshake::default();
             let mut server_in = BytesMut::new();
             let mut client_in = BytesMut::new();
             let mut out = BytesMut::new();

@@ -34,7 +34,8 @@ use bytes::{Bytes, BytesMut};
 
 use crate::amf0::{self, Amf0Value};
 use crate::media::{MediaFrame, MediaKind};
-use crate::rtmp::chunk::{encode_standalone, ChunkDecoder, ChunkEncoder, ChunkError, RawMessage};
+use crate::rtmp::chunk::{encode_standalone, ChunkError, RawMessage};
+use crate::rtmp::link::Link;
 use crate::rtmp::handshake::{HandshakeError, HandshakeStatus, ServerHandshake};
 use crate::rtmp::message::{csid, split_aggregate, MessageError, RtmpMessage, UserControlEvent};
 
@@ -53,6 +54,8 @@ pub struct SessionConfig {
     pub window_ack_size: u32,
     /// Most message streams a connection may have created at once.
     pub max_streams: u32,
+    /// Seed of the handshake's random bytes (the glue passes fresh ones).
+    pub handshake_seed: u64,
 }
 
 impl Default for SessionConfig {
@@ -60,6 +63,7 @@ impl Default for SessionConfig {
         SessionConfig {
             window_ack_size: DEFAULT_WINDOW_ACK_SIZE,
             max_streams: 8,
+            handshake_seed: crate::rtmp::handshake::DEFAULT_SEED,
         }
     }
 }
@@ -121,107 +125,6 @@ enum StreamState {
     Publishing { name: String },
     PlayPending { name: String },
     Playing { name: String },
-}
-
-/// Counts received bytes and says when an Acknowledgement is due.
-#[derive(Debug)]
-pub(crate) struct AckCounter {
-    received: u64,
-    acked: u64,
-    window: u32,
-}
-
-impl AckCounter {
-    pub(crate) fn new() -> Self {
-        AckCounter {
-            received: 0,
-            acked: 0,
-            window: DEFAULT_WINDOW_ACK_SIZE,
-        }
-    }
-
-    pub(crate) fn set_window(&mut self, window: u32) {
-        if window > 0 {
-            self.window = window;
-        }
-    }
-
-    /// Records `bytes` more received; returns the sequence number to
-    /// acknowledge if a window boundary was crossed.
-    pub(crate) fn add(&mut self, bytes: usize) -> Option<u32> {
-        self.received += bytes as u64;
-        if self.received - self.acked < u64::from(self.window) {
-            return None;
-        }
-        self.acked = self.received;
-        // The sequence number is the byte count modulo 2^32.
-        Some(self.received as u32)
-    }
-
-    pub(crate) fn received(&self) -> u64 {
-        self.received
-    }
-}
-
-/// Encodes outgoing messages into a pending output buffer.
-#[derive(Debug)]
-pub(crate) struct Outbox {
-    encoder: ChunkEncoder,
-    out: BytesMut,
-}
-
-impl Outbox {
-    pub(crate) fn new() -> Self {
-        Outbox {
-            encoder: ChunkEncoder::new(),
-            out: BytesMut::new(),
-        }
-    }
-
-    pub(crate) fn set_header_compression(&mut self, enabled: bool) {
-        self.encoder.set_header_compression(enabled);
-    }
-
-    /// Encodes `message`; a Set Chunk Size switches the encoder right after
-    /// it, so it applies to the messages that follow.
-    pub(crate) fn send(&mut self, message: RtmpMessage) {
-        let new_chunk_size = match message {
-            RtmpMessage::SetChunkSize(size) => Some(size),
-            _ => None,
-        };
-        self.encoder.encode(&message.into_raw(), &mut self.out);
-        if let Some(size) = new_chunk_size {
-            self.encoder.set_chunk_size(size);
-        }
-    }
-
-    pub(crate) fn send_raw(&mut self, raw: &RawMessage) {
-        self.encoder.encode(raw, &mut self.out);
-    }
-
-    pub(crate) fn write_bytes(&mut self, bytes: &[u8]) {
-        self.out.extend_from_slice(bytes);
-    }
-
-    pub(crate) fn chunk_size(&self) -> u32 {
-        self.encoder.chunk_size()
-    }
-
-    pub(crate) fn buffer(&mut self) -> &mut BytesMut {
-        &mut self.out
-    }
-
-    pub(crate) fn take(&mut self) -> Option<Bytes> {
-        if self.out.is_empty() {
-            None
-        } else {
-            Some(self.out.split().freeze())
-        }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.out.len()
-    }
 }
 
 /// Splits "name?query" into the name and the optional query.
@@ -335,10 +238,8 @@ pub(crate) fn info_object(level: &str, code: &str, description: &str) -> Amf0Val
 pub struct ServerSession {
     config: SessionConfig,
     handshake: Option<ServerHandshake>,
-    decoder: ChunkDecoder,
-    outbox: Outbox,
+    link: Link,
     events: VecDeque<ServerEvent>,
-    acks: AckCounter,
     app: Option<String>,
     streams: BTreeMap<u32, StreamState>,
     ignored_media: u64,
@@ -346,15 +247,11 @@ pub struct ServerSession {
 
 impl ServerSession {
     pub fn new(config: SessionConfig) -> Self {
-        let mut outbox = Outbox::new();
-        outbox.set_header_compression(false);
         ServerSession {
+            handshake: Some(ServerHandshake::new(config.handshake_seed)),
             config,
-            handshake: Some(ServerHandshake::new()),
-            decoder: ChunkDecoder::new(),
-            outbox,
+            link: Link::new(false),
             events: VecDeque::new(),
-            acks: AckCounter::new(),
             app: None,
             streams: BTreeMap::new(),
             ignored_media: 0,
@@ -366,21 +263,19 @@ impl ServerSession {
     pub fn handle_input(&mut self, input: &mut BytesMut) -> Result<(), SessionError> {
         let before = input.len();
         let result = self.process(input);
-        if let Some(sequence) = self.acks.add(before - input.len()) {
-            self.outbox.send(RtmpMessage::Acknowledgement { sequence });
-        }
+        self.link.count_received(before - input.len());
         result
     }
 
     fn process(&mut self, input: &mut BytesMut) -> Result<(), SessionError> {
         if let Some(handshake) = self.handshake.as_mut() {
-            match handshake.handle(input, self.outbox.buffer())? {
+            match handshake.handle(input, self.link.outbox.buffer())? {
                 HandshakeStatus::InProgress => return Ok(()),
                 HandshakeStatus::Done => self.handshake = None,
             }
         }
-        while let Some(raw) = self.decoder.decode(input)? {
-            self.handle_message(raw)?;
+        while let Some((stream_id, message)) = self.link.next_message(input)? {
+            self.handle_message(stream_id, message)?;
         }
         Ok(())
     }
@@ -391,11 +286,11 @@ impl ServerSession {
 
     /// Bytes to write to the socket, `None` if nothing is pending.
     pub fn take_output(&mut self) -> Option<Bytes> {
-        self.outbox.take()
+        self.link.outbox.take()
     }
 
     pub fn has_output(&self) -> bool {
-        self.outbox.len() > 0
+        self.link.outbox.len() > 0
     }
 
     /// The application name from `connect`.
@@ -405,7 +300,7 @@ impl ServerSession {
 
     /// Every byte consumed from the peer, handshake included.
     pub fn bytes_received(&self) -> u64 {
-        self.acks.received()
+        self.link.acks.received()
     }
 
     /// Audio/video/data messages dropped because their stream was not
@@ -418,8 +313,8 @@ impl ServerSession {
     /// header (see [`encode_standalone`]); interleaves safely with shared
     /// frame bytes the glue writes itself.
     pub fn send_media(&mut self, stream_id: u32, frame: &MediaFrame) {
-        let bytes = encode_standalone(self.outbox.chunk_size(), &frame_message(stream_id, frame));
-        self.outbox.write_bytes(&bytes);
+        let bytes = encode_standalone(self.link.outbox.chunk_size(), &frame_message(stream_id, frame));
+        self.link.outbox.write_bytes(&bytes);
     }
 
     pub fn accept_publish(&mut self, stream_id: u32) {
@@ -521,25 +416,11 @@ impl ServerSession {
     }
 
     fn send(&mut self, message: RtmpMessage) {
-        self.outbox.send(message);
+        self.link.outbox.send(message);
     }
 
-    fn handle_message(&mut self, raw: RawMessage) -> Result<(), SessionError> {
-        let (raw_type, stream_id) = (raw.type_id, raw.stream_id);
-        let message = RtmpMessage::parse(raw).map_err(|source| SessionError::Message {
-            type_id: raw_type,
-            stream_id,
-            source,
-        })?;
+    fn handle_message(&mut self, stream_id: u32, message: RtmpMessage) -> Result<(), SessionError> {
         match message {
-            RtmpMessage::SetChunkSize(size) => self.decoder.set_chunk_size(size)?,
-            RtmpMessage::Abort { csid } => self.decoder.abort(csid),
-            RtmpMessage::WindowAckSize(size) => self.acks.set_window(size),
-            RtmpMessage::UserControl(UserControlEvent::PingRequest(time)) => {
-                self.send(RtmpMessage::UserControl(UserControlEvent::PingResponse(
-                    time,
-                )));
-            }
             RtmpMessage::Command {
                 stream_id,
                 name,
@@ -554,9 +435,7 @@ impl ServerSession {
             RtmpMessage::Unknown { type_id, .. } => {
                 tracing::debug!(type_id, stream_id, "ignoring RTMP message of unknown type");
             }
-            RtmpMessage::Acknowledgement { .. }
-            | RtmpMessage::SetPeerBandwidth { .. }
-            | RtmpMessage::UserControl(_) => {}
+            _ => {}
         }
         Ok(())
     }
@@ -874,6 +753,7 @@ mod tests {
     use super::*;
     use crate::rtmp::client_session::{ClientEvent, ClientSession};
     use crate::rtmp::message::type_id;
+    use crate::rtmp::chunk::{ChunkDecoder, ChunkEncoder};
     use proptest::prelude::*;
 
     /// Moves bytes both ways until neither side has anything to say.

@@ -13,11 +13,11 @@ use bytes::{Bytes, BytesMut};
 
 use crate::amf0::{self, Amf0Value};
 use crate::media::{MediaFrame, MediaKind};
-use crate::rtmp::chunk::ChunkDecoder;
+use crate::rtmp::link::Link;
 use crate::rtmp::handshake::{ClientHandshake, HandshakeStatus};
 use crate::rtmp::message::{RtmpMessage, UserControlEvent};
 use crate::rtmp::session::{
-    frame_message, media_frames, AckCounter, Outbox, SessionError, OUT_CHUNK_SIZE,
+    frame_message, media_frames, SessionError, OUT_CHUNK_SIZE,
 };
 
 /// Buffer length announced to the server when playing.
@@ -63,10 +63,8 @@ pub struct ClientSession {
     handshake: Option<ClientHandshake>,
     /// Messages queued before the handshake completed.
     pending: Vec<RtmpMessage>,
-    decoder: ChunkDecoder,
-    outbox: Outbox,
+    link: Link,
     events: VecDeque<ClientEvent>,
-    acks: AckCounter,
     next_transaction_id: f64,
     calls: HashMap<u64, String>,
 }
@@ -78,18 +76,22 @@ impl Default for ClientSession {
 }
 
 impl ClientSession {
-    /// A session with C0+C1 already queued for output.
+    /// A session with C0+C1 already queued for output, its handshake's
+    /// random bytes from a fixed seed (see [`ClientSession::with_seed`]).
     pub fn new() -> Self {
-        let mut outbox = Outbox::new();
-        let mut handshake = ClientHandshake::new();
-        handshake.start(outbox.buffer());
+        Self::with_seed(crate::rtmp::handshake::DEFAULT_SEED)
+    }
+
+    /// A session whose handshake draws its random bytes from `seed`.
+    pub fn with_seed(seed: u64) -> Self {
+        let mut link = Link::new(true);
+        let mut handshake = ClientHandshake::new(seed);
+        handshake.start(link.outbox.buffer());
         ClientSession {
             handshake: Some(handshake),
             pending: Vec::new(),
-            decoder: ChunkDecoder::new(),
-            outbox,
+            link,
             events: VecDeque::new(),
-            acks: AckCounter::new(),
             next_transaction_id: 1.0,
             calls: HashMap::new(),
         }
@@ -170,7 +172,7 @@ impl ClientSession {
             }
             MediaKind::Audio | MediaKind::Video => frame_message(stream_id, frame),
         };
-        self.outbox.send_raw(&raw);
+        self.link.outbox.send_raw(&raw);
     }
 
     pub fn fc_unpublish(&mut self, name: &str) {
@@ -205,9 +207,7 @@ impl ClientSession {
     pub fn handle_input(&mut self, input: &mut BytesMut) -> Result<(), SessionError> {
         let before = input.len();
         let result = self.process(input);
-        if let Some(sequence) = self.acks.add(before - input.len()) {
-            self.send(RtmpMessage::Acknowledgement { sequence });
-        }
+        self.link.count_received(before - input.len());
         result
     }
 
@@ -216,21 +216,21 @@ impl ClientSession {
     }
 
     pub fn take_output(&mut self) -> Option<Bytes> {
-        self.outbox.take()
+        self.link.outbox.take()
     }
 
     pub fn has_output(&self) -> bool {
-        self.outbox.len() > 0
+        self.link.outbox.len() > 0
     }
 
     /// Bytes waiting in the output buffer.
     pub fn output_len(&self) -> usize {
-        self.outbox.len()
+        self.link.outbox.len()
     }
 
     /// Every byte consumed from the server, handshake included.
     pub fn bytes_received(&self) -> u64 {
-        self.acks.received()
+        self.link.acks.received()
     }
 
     fn handshake_done(&self) -> bool {
@@ -239,38 +239,24 @@ impl ClientSession {
 
     fn process(&mut self, input: &mut BytesMut) -> Result<(), SessionError> {
         if let Some(handshake) = self.handshake.as_mut() {
-            match handshake.handle(input, self.outbox.buffer())? {
+            match handshake.handle(input, self.link.outbox.buffer())? {
                 HandshakeStatus::InProgress => return Ok(()),
                 HandshakeStatus::Done => {
                     self.handshake = None;
                     for message in std::mem::take(&mut self.pending) {
-                        self.outbox.send(message);
+                        self.link.outbox.send(message);
                     }
                 }
             }
         }
-        while let Some(raw) = self.decoder.decode(input)? {
-            let (type_id, stream_id) = (raw.type_id, raw.stream_id);
-            let message = RtmpMessage::parse(raw).map_err(|source| SessionError::Message {
-                type_id,
-                stream_id,
-                source,
-            })?;
-            self.handle_message(stream_id, message)?;
+        while let Some((stream_id, message)) = self.link.next_message(input)? {
+            self.handle_message(stream_id, message);
         }
         Ok(())
     }
 
-    fn handle_message(&mut self, stream_id: u32, message: RtmpMessage) -> Result<(), SessionError> {
+    fn handle_message(&mut self, stream_id: u32, message: RtmpMessage) {
         match message {
-            RtmpMessage::SetChunkSize(size) => self.decoder.set_chunk_size(size)?,
-            RtmpMessage::Abort { csid } => self.decoder.abort(csid),
-            RtmpMessage::WindowAckSize(size) => self.acks.set_window(size),
-            RtmpMessage::UserControl(UserControlEvent::PingRequest(time)) => {
-                self.send(RtmpMessage::UserControl(UserControlEvent::PingResponse(
-                    time,
-                )));
-            }
             RtmpMessage::Command {
                 stream_id,
                 name,
@@ -299,7 +285,6 @@ impl ClientSession {
             }
             _ => {}
         }
-        Ok(())
     }
 
     fn handle_command(
@@ -380,7 +365,7 @@ impl ClientSession {
 
     fn send(&mut self, message: RtmpMessage) {
         if self.handshake_done() {
-            self.outbox.send(message);
+            self.link.outbox.send(message);
         } else {
             self.pending.push(message);
         }
@@ -445,13 +430,13 @@ fn status_event(stream_id: u32, info: &Amf0Value) -> ClientEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rtmp::chunk::{ChunkEncoder, RawMessage};
+    use crate::rtmp::chunk::{ChunkDecoder, ChunkEncoder, RawMessage};
     use crate::rtmp::handshake::{ServerHandshake, HANDSHAKE_SIZE};
     use proptest::prelude::*;
 
     /// A scripted server: handshakes, then feeds the client `messages`.
     fn feed(client: &mut ClientSession, messages: Vec<RtmpMessage>) -> Vec<RtmpMessage> {
-        let mut server = ServerHandshake::new();
+        let mut server = ServerHandshake::default();
         let mut to_server = BytesMut::from(&client.take_output().unwrap()[..]);
         let mut to_client = BytesMut::new();
         server.handle(&mut to_server, &mut to_client).unwrap();
