@@ -15,4 +15,5 @@ pub mod hub;
 pub mod lifecycle;
 pub mod rtmp;
 pub mod sdnotify;
+pub mod serve;
 pub mod telemetry;

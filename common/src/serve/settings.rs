@@ -1,15 +1,15 @@
-//! The origin's settings: every knob in one place, with its default, its
+//! The settings every node shares: every knob in one place, with its default, its
 //! TOML key, its `BATON_*` environment variable and its flag.
 //!
 //! Precedence: flag > environment > config file > built-in default. The
-//! defaults run a working origin with no file at all.
+//! defaults run a working node with no file at all.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use baton_common::config::{load_toml, ConfigError, HumanDuration};
-use baton_common::hub::HubConfig;
+use crate::config::{load_toml, ConfigError, HumanDuration};
+use crate::hub::HubConfig;
 use clap::Args;
 use serde::Deserialize;
 
@@ -123,7 +123,7 @@ struct SettingsFile {
     player_write_timeout: Option<HumanDuration>,
 }
 
-/// The resolved settings the origin runs with.
+/// The resolved settings a node runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub rtmp: SocketAddr,

@@ -1,4 +1,5 @@
-//! The origin's process lifecycle around its servers: obtaining listeners
+//! The process supervisor both roles run around their servers (the part
+//! Pingora calls a `Server`): obtaining listeners
 //! (bind, or adopt from the running generation), the main event loop of
 //! signals and control requests, and the smooth upgrade on both sides.
 //!
@@ -13,31 +14,30 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
-use baton_common::clients::ClientRegistry;
-use baton_common::handover::{
+use crate::handover::{
     bind_listener, control_socket_path, dup_fd, into_tokio, report_failure, request_upgrade,
     send_ready, take_listeners, upgrade_source_from_env, BindError, ControlCall, ControlRequest,
     ControlResponse, ControlServer, ListenerDesc, PidFile, Role, SuccessorCommand, Upgrader,
     DEFAULT_BACKLOG, UPGRADE_FROM_ENV,
 };
-use baton_common::hub::Hub;
-use baton_common::lifecycle::{DrainPlan, ProcessSignal, Shutdown, Signals};
+use crate::hub::Hub;
+use crate::lifecycle::{DrainPlan, ProcessSignal, Shutdown, Signals};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::settings::Settings;
-use crate::{api, http_flv, rtmp_server, OriginContext};
+use super::settings::Settings;
+use super::{api, http_flv, rtmp, ServerContext, StreamDirectory};
 
 const LISTENER_NAMES: [&str; 3] = ["rtmp", "http", "api"];
 /// How long a fast exit waits for connections to close.
 const FAST_EXIT_BUDGET: Duration = Duration::from_millis(700);
 
 /// A successor that cannot even load its settings still tells the running
-/// generation why, so `baton-origin upgrade` prints the reason.
+/// generation why, so `baton-{role} upgrade` prints the reason.
 pub fn report_startup_failure(reason: &str) {
     let Some(from) = upgrade_source_from_env() else {
         return;
@@ -51,8 +51,9 @@ pub fn report_startup_failure(reason: &str) {
     let _ = runtime.block_on(report_failure(&from, std::process::id(), reason));
 }
 
-/// `baton-origin upgrade --pid-file PATH`.
+/// `baton-{role} upgrade --pid-file PATH`.
 pub fn run_upgrade_command(
+    role: Role,
     pid_file: &Path,
     control_dir: Option<PathBuf>,
     timeout: Duration,
@@ -61,28 +62,28 @@ pub fn run_upgrade_command(
         Ok(Some(pid)) => pid,
         Ok(None) => {
             eprintln!(
-                "baton-origin upgrade: {} names no process",
+                "baton-{role} upgrade: {} names no process",
                 pid_file.display()
             );
             return ExitCode::from(1);
         }
         Err(error) => {
             eprintln!(
-                "baton-origin upgrade: cannot read {}: {error}",
+                "baton-{role} upgrade: cannot read {}: {error}",
                 pid_file.display()
             );
             return ExitCode::from(1);
         }
     };
     let dir = control_dir.unwrap_or_else(std::env::temp_dir);
-    let path = control_socket_path(&dir, Role::Origin, pid);
+    let path = control_socket_path(&dir, role, pid);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(error) => {
-            eprintln!("baton-origin upgrade: {error}");
+            eprintln!("baton-{role} upgrade: {error}");
             return ExitCode::from(1);
         }
     };
@@ -92,7 +93,7 @@ pub fn run_upgrade_command(
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("baton-origin upgrade: PID {pid} did not upgrade: {error}");
+            eprintln!("baton-{role} upgrade: PID {pid} did not upgrade: {error}");
             ExitCode::from(1)
         }
     }
@@ -104,11 +105,11 @@ struct Listeners {
     std: Vec<(ListenerDesc, std::net::TcpListener)>,
 }
 
-fn bind_all(settings: &Settings) -> anyhow::Result<Listeners> {
+fn bind_all(settings: &Settings, role: Role) -> anyhow::Result<Listeners> {
     let mut std = Vec::new();
     for (name, addr) in listener_addrs(settings) {
         let listener = bind_listener(addr, settings.reuseport, DEFAULT_BACKLOG)
-            .map_err(|e| bind_error(e, name, settings))?;
+            .map_err(|e| bind_error(e, name, settings, role))?;
         std.push((
             ListenerDesc {
                 name: name.to_string(),
@@ -128,13 +129,13 @@ fn listener_addrs(settings: &Settings) -> [(&'static str, SocketAddr); 3] {
     ]
 }
 
-fn bind_error(error: BindError, name: &str, settings: &Settings) -> anyhow::Error {
+fn bind_error(error: BindError, name: &str, settings: &Settings, role: Role) -> anyhow::Error {
     if error.is_addr_in_use() {
         let running = settings
             .pid_file
             .as_deref()
             .and_then(PidFile::running)
-            .map(|pid| format!("; an origin is running as PID {pid} — upgrade it with `baton-origin upgrade --pid-file {}`",
+            .map(|pid| format!("; a baton-{role} is running as PID {pid} — upgrade it with `baton-{role} upgrade --pid-file {}`",
                 settings.pid_file.as_deref().map(|p| p.display().to_string()).unwrap_or_default()))
             .unwrap_or_default();
         anyhow!(
@@ -149,21 +150,26 @@ fn bind_error(error: BindError, name: &str, settings: &Settings) -> anyhow::Erro
 /// Successor side: take the predecessor's listeners. With `reuseport`
 /// the descriptors are not used: this process binds its own sockets next
 /// to the old ones (the fallback, which may reset queued connections).
-async fn adopt(from: &Path, settings: &Settings) -> anyhow::Result<(Listeners, u64, Vec<PathBuf>)> {
+async fn adopt(
+    from: &Path,
+    settings: &Settings,
+    role: Role,
+) -> anyhow::Result<(Listeners, u64, Vec<PathBuf>)> {
     let mut inherited = take_listeners(from, std::process::id())
         .await
         .with_context(|| format!("cannot take the listeners from {}", from.display()))?;
     let mut std = Vec::new();
     for (name, addr) in listener_addrs(settings) {
         let listener = if settings.reuseport {
-            bind_listener(addr, true, DEFAULT_BACKLOG).map_err(|e| bind_error(e, name, settings))?
+            bind_listener(addr, true, DEFAULT_BACKLOG)
+                .map_err(|e| bind_error(e, name, settings, role))?
         } else {
             let got = inherited
                 .take(name)
-                .ok_or_else(|| anyhow!("the running origin has no {name} listener to hand over"))?;
+                .ok_or_else(|| anyhow!("the running {role} has no {name} listener to hand over"))?;
             if got.desc.addr != addr {
                 bail!(
-                    "the running origin's {name} listener is on {}, the new config says {addr}; \
+                    "the running {role}'s {name} listener is on {}, the new config says {addr}; \
                      listen addresses cannot change in an upgrade",
                     got.desc.addr
                 );
@@ -182,12 +188,20 @@ async fn adopt(from: &Path, settings: &Settings) -> anyhow::Result<(Listeners, u
     Ok((Listeners { std }, inherited.generation(), inherited.older))
 }
 
-/// Run the origin until it exits.
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
+/// What a binary plugs into the process: its role and how to build its
+/// [`StreamDirectory`] once the hub and the lifecycle exist.
+pub struct Service {
+    pub role: Role,
+    pub directory: Box<dyn FnOnce(&Hub, &Shutdown) -> Arc<dyn StreamDirectory> + Send>,
+}
+
+/// Run a node until it exits.
+pub async fn run(settings: Settings, service: Service) -> anyhow::Result<()> {
     let pid = std::process::id();
+    let role = service.role;
     let upgrade_from = upgrade_source_from_env();
     match &upgrade_from {
-        Some(from) => match start(settings, Some(from.clone())).await {
+        Some(from) => match start(settings, service, Some(from.clone())).await {
             Ok(()) => Ok(()),
             Err(error) => {
                 let _ = report_failure(from, pid, &format!("{error:#}")).await;
@@ -198,28 +212,33 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             if let Some(pid_file) = &settings.pid_file {
                 if let Some(running) = PidFile::running(pid_file).filter(|p| *p != pid) {
                     bail!(
-                        "an origin is already running as PID {running} (pid file {}); \
-                         to replace it without dropping clients run `baton-origin upgrade --pid-file {}`",
+                        "a baton-{role} is already running as PID {running} (pid file {}); \
+                         to replace it without dropping clients run `baton-{role} upgrade --pid-file {}`",
                         pid_file.display(),
                         pid_file.display()
                     );
                 }
             }
-            start(settings, None).await
+            start(settings, service, None).await
         }
     }
 }
 
-async fn start(settings: Settings, upgrade_from: Option<PathBuf>) -> anyhow::Result<()> {
+async fn start(
+    settings: Settings,
+    service: Service,
+    upgrade_from: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let pid = std::process::id();
-    let metrics = baton_common::telemetry::install_metrics()?;
+    let role = service.role;
+    let metrics = crate::telemetry::install_metrics()?;
     let (listeners, generation, older) = match &upgrade_from {
-        Some(from) => adopt(from, &settings).await?,
-        None => (bind_all(&settings)?, 1, Vec::new()),
+        Some(from) => adopt(from, &settings, role).await?,
+        None => (bind_all(&settings, role)?, 1, Vec::new()),
     };
     let mut signals = Signals::install().context("cannot install signal handlers")?;
     let (control_server, control_rx) =
-        ControlServer::bind(&settings.control_dir, Role::Origin, pid).with_context(|| {
+        ControlServer::bind(&settings.control_dir, role, pid).with_context(|| {
             format!(
                 "cannot bind the control socket in {}",
                 settings.control_dir.display()
@@ -227,23 +246,25 @@ async fn start(settings: Settings, upgrade_from: Option<PathBuf>) -> anyhow::Res
         })?;
 
     let hub = Hub::new(settings.hub.clone());
-    let ctx = Arc::new(OriginContext {
-        settings: settings.clone(),
-        hub: hub.clone(),
-        clients: ClientRegistry::new(),
-        shutdown: Shutdown::new(),
+    let shutdown = Shutdown::new();
+    let streams = (service.directory)(&hub, &shutdown);
+    let ctx = Arc::new(ServerContext::new(
+        role,
+        settings.clone(),
+        hub.clone(),
+        streams,
+        shutdown,
         metrics,
         generation,
-        started: Instant::now(),
-        older_generations: Mutex::new(older),
-    });
+        older,
+    ));
     let handover_copies = start_servers(&ctx, listeners)?;
     let reaper = hub.spawn_reaper();
 
     if let Some(from) = &upgrade_from {
         send_ready(from, pid).await.with_context(|| {
             format!(
-                "the running origin refused the hand-over ({})",
+                "the running {role} refused the hand-over ({})",
                 from.display()
             )
         })?;
@@ -259,12 +280,12 @@ async fn start(settings: Settings, upgrade_from: Option<PathBuf>) -> anyhow::Res
         http = %settings.http,
         api = %settings.api,
         upgraded_from = upgrade_from.as_ref().map(|p| p.display().to_string()),
-        "origin serving: publish to rtmp://{}/live/STREAM, play rtmp://{}/live/STREAM or http://{}/live/STREAM.flv",
+        "{role} serving: publish to rtmp://{}/live/STREAM, play rtmp://{}/live/STREAM or http://{}/live/STREAM.flv",
         settings.rtmp, settings.rtmp, settings.http
     );
 
-    print_banner(&settings, generation);
-    baton_common::sdnotify::ready();
+    print_banner(&settings, role, generation);
+    crate::sdnotify::ready();
     let main_loop = MainLoop {
         ctx: ctx.clone(),
         upgrader: Upgrader::new(control_server.path()),
@@ -279,12 +300,12 @@ async fn start(settings: Settings, upgrade_from: Option<PathBuf>) -> anyhow::Res
         let _ = PidFile::remove_if_ours(pid_file, pid);
     }
     drop(control_server);
-    tracing::info!(pid, generation, "origin exited");
+    tracing::info!(pid, generation, %role, "exited");
     Ok(())
 }
 
 /// Where to publish and play, on stdout for whoever started us.
-fn print_banner(settings: &Settings, generation: u64) {
+fn print_banner(settings: &Settings, role: Role, generation: u64) {
     let show = |addr: SocketAddr| {
         if addr.ip().is_unspecified() {
             format!("127.0.0.1:{}", addr.port())
@@ -294,7 +315,7 @@ fn print_banner(settings: &Settings, generation: u64) {
     };
     let (rtmp, http, api) = (show(settings.rtmp), show(settings.http), show(settings.api));
     println!(
-        "baton-origin {} (generation {generation}, pid {})",
+        "baton-{role} {} (generation {generation}, pid {})",
         env!("CARGO_PKG_VERSION"),
         std::process::id()
     );
@@ -312,7 +333,7 @@ fn print_banner(settings: &Settings, generation: u64) {
 }
 
 fn start_servers(
-    ctx: &Arc<OriginContext>,
+    ctx: &Arc<ServerContext>,
     listeners: Listeners,
 ) -> anyhow::Result<Vec<(ListenerDesc, OwnedFd)>> {
     let mut copies = Vec::new();
@@ -321,7 +342,7 @@ fn start_servers(
         let listener = into_tokio(listener).with_context(|| format!("{} listener", desc.name))?;
         let ctx = ctx.clone();
         match desc.name.as_str() {
-            "rtmp" => tokio::spawn(rtmp_server::serve(listener, ctx)),
+            "rtmp" => tokio::spawn(rtmp::serve(listener, ctx)),
             "http" => tokio::spawn(http_flv::serve(listener, ctx)),
             _ => tokio::spawn(api::serve(listener, ctx)),
         };
@@ -333,11 +354,11 @@ fn start_servers(
 /// What an upgrade attempt came to, reported back to the main loop.
 struct UpgradeOutcome {
     result: Result<u32, String>,
-    responder: Option<baton_common::handover::Responder>,
+    responder: Option<crate::handover::Responder>,
 }
 
 struct MainLoop {
-    ctx: Arc<OriginContext>,
+    ctx: Arc<ServerContext>,
     upgrader: Upgrader,
     /// Duplicates of the listeners for a successor; dropped at hand-over.
     handover_copies: Option<Vec<(ListenerDesc, OwnedFd)>>,
@@ -378,7 +399,7 @@ impl MainLoop {
     }
 
     async fn fast_exit(&mut self) {
-        baton_common::sdnotify::stopping();
+        crate::sdnotify::stopping();
         if let Some(drain) = self.drain.take() {
             drain.abort();
         }
@@ -396,7 +417,7 @@ impl MainLoop {
             );
             return;
         }
-        baton_common::sdnotify::stopping();
+        crate::sdnotify::stopping();
         let settings = &self.ctx.settings;
         let plan = DrainPlan {
             accept_for: settings.grace_start_wait,
@@ -422,14 +443,14 @@ impl MainLoop {
             ControlRequest::Ready { pid } => {
                 let verdict = self.upgrader.on_ready(pid);
                 match verdict {
-                    baton_common::handover::ReadyVerdict::Rejected(reason) => {
+                    crate::handover::ReadyVerdict::Rejected(reason) => {
                         tracing::warn!(successor = pid, reason, "hand-over refused");
                         responder.reply_err(reason);
                     }
                     // A successor we did not spawn (started by hand with
                     // BATON_UPGRADE_FROM) is handed over to all the same.
-                    baton_common::handover::ReadyVerdict::External
-                    | baton_common::handover::ReadyVerdict::Spawned => {
+                    crate::handover::ReadyVerdict::External
+                    | crate::handover::ReadyVerdict::Spawned => {
                         self.hand_over(pid);
                         responder.reply(ControlResponse::Ok);
                     }
@@ -447,9 +468,9 @@ impl MainLoop {
         }
     }
 
-    fn give_listeners(&mut self, pid: u32, responder: baton_common::handover::Responder) {
+    fn give_listeners(&mut self, pid: u32, responder: crate::handover::Responder) {
         let Some(copies) = &self.handover_copies else {
-            responder.reply_err("this origin has handed over already and is draining");
+            responder.reply_err("this generation has handed over already and is draining");
             return;
         };
         let mut descs = Vec::new();
@@ -487,11 +508,11 @@ impl MainLoop {
 
     fn start_upgrade(
         &mut self,
-        responder: Option<baton_common::handover::Responder>,
+        responder: Option<crate::handover::Responder>,
         upgrade_tx: &mpsc::Sender<UpgradeOutcome>,
     ) {
         if self.drain.is_some() || self.handover_copies.is_none() {
-            let reason = "this origin is draining; upgrade the serving generation instead";
+            let reason = "this generation is draining; upgrade the serving generation instead";
             tracing::warn!(reason, "upgrade refused");
             if let Some(r) = responder {
                 r.reply_err(reason);
@@ -576,5 +597,74 @@ async fn wait_opt(task: &mut Option<JoinHandle<()>>) {
             let _ = handle.await;
         }
         None => std::future::pending().await,
+    }
+}
+
+/// Subcommands every node binary has besides serving.
+#[derive(Debug, clap::Subcommand)]
+pub enum NodeCommand {
+    /// Ask the running node (named by its PID file) to start a new
+    /// generation from the binary now at its path and hand it the
+    /// listening sockets. Exits 0 once the new generation serves.
+    Upgrade {
+        /// PID file of the running node.
+        #[arg(long)]
+        pid_file: PathBuf,
+        /// Directory of the control sockets (as the node's --control-dir).
+        #[arg(long, env = "BATON_CONTROL_DIR")]
+        control_dir: Option<PathBuf>,
+        /// Give up after this long.
+        #[arg(long, default_value = "60s")]
+        timeout: crate::config::HumanDuration,
+    },
+}
+
+/// A node binary's `main` after argument parsing: run a subcommand, or
+/// resolve the settings (exit 2 with the reason if they are invalid, and
+/// tell a waiting predecessor why), start the runtime and serve until the
+/// lifecycle says exit.
+pub fn main(
+    role: Role,
+    command: Option<NodeCommand>,
+    resolve: impl FnOnce() -> anyhow::Result<(Settings, Service)>,
+) -> ExitCode {
+    if let Some(NodeCommand::Upgrade {
+        pid_file,
+        control_dir,
+        timeout,
+    }) = command
+    {
+        return run_upgrade_command(role, &pid_file, control_dir, timeout.get());
+    }
+    let (settings, service) = match resolve() {
+        Ok(resolved) => resolved,
+        Err(error) => {
+            eprintln!("baton-{role}: {error:#}");
+            report_startup_failure(&format!("{error:#}"));
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init_logging(&settings.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("baton-{role}: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(run(settings, service));
+    // Connection tasks still running are dropped, not awaited: the
+    // lifecycle already closed or drained them.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "exiting with an error");
+            eprintln!("baton-{role}: {error:#}");
+            ExitCode::from(1)
+        }
     }
 }

@@ -10,14 +10,14 @@
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use baton_common::handover::query_stats;
+use crate::handover::query_stats;
 use serde_json::{json, Value};
 
-use crate::api::local_summary;
-use crate::OriginContext;
+use super::api::local_summary;
+use super::ServerContext;
 
 /// Summaries of the older generations that still answer, newest first.
-pub async fn older_summaries(ctx: &OriginContext) -> Vec<Value> {
+pub async fn older_summaries(ctx: &ServerContext) -> Vec<Value> {
     let paths: Vec<PathBuf> = ctx.older_generations().clone();
     let mut alive = Vec::new();
     let mut summaries = Vec::new();
@@ -36,7 +36,7 @@ pub async fn older_summaries(ctx: &OriginContext) -> Vec<Value> {
     summaries
 }
 
-pub async fn summaries(ctx: &OriginContext) -> Value {
+pub async fn summaries(ctx: &ServerContext) -> Value {
     let local = local_summary(ctx);
     let mut generations = vec![local.clone()];
     generations.extend(older_summaries(ctx).await);

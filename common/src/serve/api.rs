@@ -1,4 +1,4 @@
-//! The origin's HTTP API on `--api`: versions, summaries, streams and
+//! The HTTP API of every node on `--api`: versions, summaries, streams and
 //! clients (shapes close to SRS's `/api/v1`, so SRS dashboards need little
 //! change), kicking a client, health and readiness probes, and Prometheus
 //! metrics.
@@ -10,8 +10,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use baton_common::clients::{ClientEntry, ClientRole, Transport};
-use baton_common::hub::SourceStats;
+use crate::clients::{ClientEntry, ClientRole, Transport};
+use crate::hub::SourceStats;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -21,9 +21,9 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-use crate::OriginContext;
+use super::ServerContext;
 
-pub async fn serve(listener: TcpListener, ctx: Arc<OriginContext>) {
+pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
     let stop = ctx.shutdown.stop_accepting.clone();
     loop {
         let accepted = tokio::select! {
@@ -83,7 +83,7 @@ fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     json_response(status, json!({ "code": status.as_u16(), "error": message }))
 }
 
-async fn handle(req: Request<Incoming>, ctx: &OriginContext) -> Response<Full<Bytes>> {
+async fn handle(req: Request<Incoming>, ctx: &ServerContext) -> Response<Full<Bytes>> {
     let path = req.uri().path().trim_end_matches('/').to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let method = req.method().clone();
@@ -99,11 +99,11 @@ async fn handle(req: Request<Incoming>, ctx: &OriginContext) -> Response<Full<By
         (Method::GET, ["metrics"]) => respond(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            crate::telemetry::render_metrics(ctx),
+            super::metrics::render_metrics(ctx),
         ),
-        (Method::GET, ["api", "v1", "versions"]) => json_response(StatusCode::OK, versions()),
+        (Method::GET, ["api", "v1", "versions"]) => json_response(StatusCode::OK, versions(ctx)),
         (Method::GET, ["api", "v1", "summaries"]) => {
-            json_response(StatusCode::OK, crate::generations::summaries(ctx).await)
+            json_response(StatusCode::OK, super::generations::summaries(ctx).await)
         }
         (Method::GET, ["api", "v1", "streams"]) => {
             let streams: Vec<Value> = ctx.hub.stats().iter().map(stream_json).collect();
@@ -161,12 +161,12 @@ async fn handle(req: Request<Incoming>, ctx: &OriginContext) -> Response<Full<By
     }
 }
 
-fn versions() -> Value {
+fn versions(ctx: &ServerContext) -> Value {
     let version = env!("CARGO_PKG_VERSION");
     let mut parts = version.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
     json!({
         "code": 0,
-        "server": "baton-origin",
+        "server": format!("baton-{}", ctx.role),
         "data": {
             "major": parts.next().unwrap_or(0),
             "minor": parts.next().unwrap_or(0),
@@ -207,7 +207,7 @@ pub fn stream_json(s: &SourceStats) -> Value {
     })
 }
 
-pub fn client_json(ctx: &OriginContext, c: &ClientEntry) -> Value {
+pub fn client_json(ctx: &ServerContext, c: &ClientEntry) -> Value {
     let role = c.role();
     let kind = match (c.transport, role) {
         (Transport::Rtmp, ClientRole::Publisher) => "rtmp-publish",
@@ -240,9 +240,9 @@ pub fn client_json(ctx: &OriginContext, c: &ClientEntry) -> Value {
 }
 
 /// This process's own summary (without older generations).
-pub fn local_summary(ctx: &OriginContext) -> Value {
+pub fn local_summary(ctx: &ServerContext) -> Value {
     let counts = ctx.clients.role_counts();
-    let proc = baton_common::telemetry::process_stats();
+    let proc = crate::telemetry::process_stats();
     json!({
         "generation": ctx.generation,
         "pid": std::process::id(),
@@ -252,8 +252,8 @@ pub fn local_summary(ctx: &OriginContext) -> Value {
         "publishers": counts.publishers,
         "players": counts.players,
         "streams": ctx.hub.source_count(),
-        "bytes_in": baton_common::clients::total_bytes_in(),
-        "bytes_out": baton_common::clients::total_bytes_out(),
+        "bytes_in": crate::clients::total_bytes_in(),
+        "bytes_out": crate::clients::total_bytes_out(),
         "mem_kbyte": proc.rss_kb,
         "cpu_seconds": proc.cpu_seconds,
     })

@@ -2,12 +2,12 @@
 //! compute at scrape time than to maintain on the hot path (byte totals,
 //! process figures) refreshed just before rendering.
 
-use crate::OriginContext;
+use super::ServerContext;
 
-pub fn render_metrics(ctx: &OriginContext) -> String {
-    let process = baton_common::telemetry::process_stats();
-    metrics::counter!("baton_bytes_in_total").absolute(baton_common::clients::total_bytes_in());
-    metrics::counter!("baton_bytes_out_total").absolute(baton_common::clients::total_bytes_out());
+pub fn render_metrics(ctx: &ServerContext) -> String {
+    let process = crate::telemetry::process_stats();
+    metrics::counter!("baton_bytes_in_total").absolute(crate::clients::total_bytes_in());
+    metrics::counter!("baton_bytes_out_total").absolute(crate::clients::total_bytes_out());
     metrics::gauge!("baton_streams").set(ctx.hub.source_count() as f64);
     metrics::gauge!("baton_clients").set(ctx.clients.count() as f64);
     metrics::gauge!("baton_generation").set(ctx.generation as f64);

@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_common::clients::{ClientGuard, ClientRole, Transport};
-use baton_common::flv;
-use baton_common::hub::{HubItem, StreamKey};
+use crate::clients::{ClientGuard, ClientRole, Transport};
+use crate::flv;
+use crate::hub::{HubItem, StreamKey};
 use bytes::Bytes;
 use futures_util::stream;
 use http::{header, Method, Request, Response, StatusCode};
@@ -23,15 +23,15 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
-use crate::accept::{accept_loop, AcceptedConn};
-use crate::playback::{Playback, Step};
-use crate::stall::{StallClock, StallIo};
-use crate::tag_batch::TagBatch;
-use crate::OriginContext;
+use super::accept::{accept_loop, AcceptedConn};
+use super::playback::{Playback, Step};
+use super::stall::{StallClock, StallIo};
+use super::tag_batch::TagBatch;
+use super::ServerContext;
 
 type Body = BoxBody<TagBatch, Infallible>;
 
-pub async fn serve(listener: TcpListener, ctx: Arc<OriginContext>) {
+pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
     accept_loop(
         "http-flv",
         listener,
@@ -44,7 +44,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<OriginContext>) {
     .await;
 }
 
-async fn handle_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<OriginContext>) {
+async fn handle_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>) {
     let guard = Arc::new(ctx.clients.register(peer, Transport::HttpFlv));
     let span = tracing::info_span!(
         "http-flv",
@@ -81,7 +81,7 @@ async fn handle_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<OriginC
 /// writes stall past the player write timeout.
 async fn drive<C>(
     conn: C,
-    ctx: &OriginContext,
+    ctx: &ServerContext,
     guard: &ClientGuard,
     clock: &StallClock,
 ) -> &'static str
@@ -164,7 +164,7 @@ fn parse_path(path: &str) -> Option<StreamKey> {
 
 async fn route(
     req: Request<Incoming>,
-    ctx: Arc<OriginContext>,
+    ctx: Arc<ServerContext>,
     guard: Arc<ClientGuard>,
 ) -> Response<Body> {
     if req.method() == Method::OPTIONS {
@@ -215,12 +215,12 @@ fn flv_response(body: Body) -> Response<Body> {
     response
 }
 
-async fn play(key: StreamKey, ctx: Arc<OriginContext>, guard: Arc<ClientGuard>) -> Response<Body> {
+async fn play(key: StreamKey, ctx: Arc<ServerContext>, guard: Arc<ClientGuard>) -> Response<Body> {
     let span = tracing::Span::current();
     span.record("stream", tracing::field::display(&key));
     span.record("role", "player");
     guard.set_role(ClientRole::Player, Some(key.clone()));
-    let subscriber = ctx.hub.subscribe(&key);
+    let subscriber = ctx.streams.subscribe(&key);
     let mut playback = Playback::new(
         subscriber,
         ctx.shutdown.clone(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::OriginContext;
+use super::ServerContext;
 
 pub struct AcceptedConn {
     pub stream: TcpStream,
@@ -23,7 +23,7 @@ pub struct AcceptedConn {
 pub async fn accept_loop<F, Fut>(
     name: &'static str,
     listener: TcpListener,
-    ctx: Arc<OriginContext>,
+    ctx: Arc<ServerContext>,
     handle: F,
 ) where
     F: Fn(AcceptedConn) -> Fut,

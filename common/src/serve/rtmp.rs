@@ -1,4 +1,4 @@
-//! RTMP on the origin: the accept loop and one task per connection that
+//! RTMP serving for every node: the accept loop and one task per connection that
 //! drives the sans-IO [`ServerSession`] and connects it to the hub, as a
 //! publisher or as a player.
 //!
@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
-use baton_common::clients::{ClientGuard, ClientRole, Transport};
-use baton_common::hub::{encode_rtmp, HubItem, PublishError, PublisherInfo, StreamKey};
-use baton_common::rtmp::session::{ServerEvent, ServerSession, SessionConfig, PLAY_STREAM_ID};
+use crate::clients::{ClientGuard, ClientRole, Transport};
+use crate::hub::{encode_rtmp, HubItem, PublishError, PublisherInfo, StreamKey};
+use crate::rtmp::session::{ServerEvent, ServerSession, SessionConfig, PLAY_STREAM_ID};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -23,13 +23,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::accept::{accept_loop, AcceptedConn};
-use crate::playback::{Playback, Step};
-use crate::OriginContext;
+use super::accept::{accept_loop, AcceptedConn};
+use super::playback::{Playback, Step};
+use super::ServerContext;
 
 const READ_CHUNK: usize = 64 * 1024;
 
-pub async fn serve(listener: TcpListener, ctx: Arc<OriginContext>) {
+pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
     accept_loop("rtmp", listener, ctx.clone(), move |conn: AcceptedConn| {
         let ctx = ctx.clone();
         async move { handle_connection(conn.stream, conn.peer, ctx).await }
@@ -37,7 +37,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<OriginContext>) {
     .await;
 }
 
-async fn handle_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<OriginContext>) {
+async fn handle_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>) {
     let guard = ctx.clients.register(peer, Transport::Rtmp);
     let span = tracing::info_span!(
         "rtmp",
@@ -64,7 +64,7 @@ struct Connection {
     input: BytesMut,
     session: ServerSession,
     guard: ClientGuard,
-    ctx: Arc<OriginContext>,
+    ctx: Arc<ServerContext>,
 }
 
 /// What the client asked for once connected.
@@ -74,7 +74,7 @@ enum Intent {
 }
 
 impl Connection {
-    fn new(stream: TcpStream, guard: ClientGuard, ctx: Arc<OriginContext>) -> Self {
+    fn new(stream: TcpStream, guard: ClientGuard, ctx: Arc<ServerContext>) -> Self {
         let (reader, writer) = stream.into_split();
         Connection {
             reader,
@@ -197,7 +197,7 @@ impl Connection {
             client_id: self.guard.id(),
             peer: self.guard.entry().peer,
         };
-        let publisher = match self.ctx.hub.publish(key.clone(), info) {
+        let publisher = match self.ctx.streams.publish(key.clone(), info) {
             Ok(publisher) => publisher,
             Err(PublishError::AlreadyPublishing(_)) => {
                 self.session.reject_publish(
@@ -261,7 +261,7 @@ impl Connection {
         span.record("stream", tracing::field::display(&key));
         span.record("role", "player");
         self.guard.set_role(ClientRole::Player, Some(key.clone()));
-        let subscriber = self.ctx.hub.subscribe(&key);
+        let subscriber = self.ctx.streams.subscribe(&key);
         let mut playback = Playback::new(
             subscriber,
             self.ctx.shutdown.clone(),

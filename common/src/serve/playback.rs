@@ -8,8 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_common::hub::{HubItem, SubscribeError, Subscriber};
-use baton_common::lifecycle::Shutdown;
+use crate::hub::{HubItem, SubscribeError, Subscriber};
+use crate::lifecycle::Shutdown;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -57,7 +57,7 @@ impl Playback {
         }
     }
 
-    pub fn source(&self) -> &Arc<baton_common::hub::Source> {
+    pub fn source(&self) -> &Arc<crate::hub::Source> {
         self.subscriber.source()
     }
 

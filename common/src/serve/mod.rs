@@ -1,0 +1,137 @@
+//! Everything a Baton node runs between accepting a socket and exiting,
+//! written once for both roles.
+//!
+//! The origin and the edge serve the same URLs with the same code: the
+//! accept loop and its limits ([`accept`]), RTMP ([`rtmp`]) and HTTP-FLV
+//! ([`http_flv`]) serving over one player pump ([`playback`]), the HTTP API
+//! ([`api`], [`generations`], [`metrics`]), the settings ([`settings`]) and
+//! the process supervisor ([`process`]: listeners, signals, drain, smooth
+//! upgrade, PID file, sd_notify). What differs between the roles is one
+//! narrow seam, [`StreamDirectory`]: where a played stream comes from and
+//! where a publish goes. The origin answers both with its hub; the edge
+//! pulls from and forwards to origins.
+
+pub mod accept;
+pub mod api;
+pub mod generations;
+pub mod http_flv;
+pub mod metrics;
+pub mod playback;
+pub mod process;
+pub mod rtmp;
+pub mod settings;
+pub mod stall;
+pub mod tag_batch;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::clients::ClientRegistry;
+use crate::handover::Role;
+use crate::hub::{Hub, PublishError, Publisher, PublisherInfo, StreamKey, Subscriber};
+use crate::lifecycle::Shutdown;
+use settings::Settings;
+
+/// The seam between the shared serving code and a role: where a stream a
+/// client plays comes from, and where a stream a client publishes goes.
+///
+/// Both calls return handles on the node's local [`Hub`], so fan-out, the
+/// GOP cache and the slow-player policy are the same in every role; a role
+/// adds what happens behind the hub (the edge starts a pull on the first
+/// player and forwards a publish to an origin).
+pub trait StreamDirectory: Send + Sync + 'static {
+    /// Claim `key` for a publisher connected to this node.
+    fn publish(&self, key: StreamKey, publisher: PublisherInfo)
+        -> Result<Publisher, PublishError>;
+
+    /// Attach a player to `key` (it may wait for the stream to appear; the
+    /// caller bounds that wait with `play_wait_timeout`).
+    fn subscribe(&self, key: &StreamKey) -> Subscriber;
+
+    /// Role-specific state for the API: the edge lists its upstreams (which
+    /// origin each stream comes from or goes to, since when, how many
+    /// moves) and its origins' health. `None` for the origin.
+    fn upstreams_json(&self) -> Option<serde_json::Value> {
+        None
+    }
+}
+
+/// The origin's directory, and the edge's local part: the hub itself.
+impl StreamDirectory for Hub {
+    fn publish(
+        &self,
+        key: StreamKey,
+        publisher: PublisherInfo,
+    ) -> Result<Publisher, PublishError> {
+        Hub::publish(self, key, publisher)
+    }
+
+    fn subscribe(&self, key: &StreamKey) -> Subscriber {
+        Hub::subscribe(self, key)
+    }
+}
+
+/// Everything the servers of one process share.
+pub struct ServerContext {
+    pub role: Role,
+    pub settings: Settings,
+    /// The node's local streams (publishers and pulls push here, players
+    /// read from here).
+    pub hub: Hub,
+    /// Where streams come from and go to (see [`StreamDirectory`]).
+    pub streams: Arc<dyn StreamDirectory>,
+    pub clients: ClientRegistry,
+    pub shutdown: Shutdown,
+    pub metrics: PrometheusHandle,
+    /// 1 for a fresh start, predecessor + 1 after an upgrade.
+    pub generation: u64,
+    pub started: Instant,
+    older_generations: Mutex<Vec<PathBuf>>,
+}
+
+impl ServerContext {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        role: Role,
+        settings: Settings,
+        hub: Hub,
+        streams: Arc<dyn StreamDirectory>,
+        shutdown: Shutdown,
+        metrics: PrometheusHandle,
+        generation: u64,
+        older_generations: Vec<PathBuf>,
+    ) -> Self {
+        ServerContext {
+            role,
+            settings,
+            hub,
+            streams,
+            clients: ClientRegistry::new(),
+            shutdown,
+            metrics,
+            generation,
+            started: Instant::now(),
+            older_generations: Mutex::new(older_generations),
+        }
+    }
+
+    /// `baton-{role}-{pid}-g{generation}`, the `server` field of API answers.
+    pub fn server_id(&self) -> String {
+        format!(
+            "baton-{}-{}-g{}",
+            self.role,
+            std::process::id(),
+            self.generation
+        )
+    }
+
+    /// Control sockets of older generations still draining, newest first.
+    pub fn older_generations(&self) -> MutexGuard<'_, Vec<PathBuf>> {
+        self.older_generations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+}
