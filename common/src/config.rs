@@ -85,6 +85,37 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+impl serde::Serialize for HumanDuration {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(self.0.as_millis() as u64)
+    }
+}
+
+/// `top` over `bottom`: every field `top` sets wins, the rest comes from
+/// `bottom`. One generic merge for every settings type that is declared
+/// once as flags and TOML keys (all fields optional), so no setting is
+/// written out again to combine the two.
+pub fn overlay<T: serde::Serialize + DeserializeOwned>(
+    top: &T,
+    bottom: &T,
+) -> Result<T, ConfigError> {
+    let invalid = |error: serde_json::Error| ConfigError::Setting {
+        name: "settings",
+        reason: format!("cannot combine flags and file: {error}"),
+    };
+    let mut merged = serde_json::to_value(bottom).map_err(invalid)?;
+    if let (serde_json::Value::Object(merged), serde_json::Value::Object(top)) =
+        (&mut merged, serde_json::to_value(top).map_err(invalid)?)
+    {
+        for (key, value) in top {
+            if !value.is_null() {
+                merged.insert(key, value);
+            }
+        }
+    }
+    serde_json::from_value(merged).map_err(invalid)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]

@@ -170,7 +170,7 @@ pub enum ControlResponse {
         older: Vec<PathBuf>,
     },
     Stats {
-        stats: serde_json::Value,
+        stats: GenerationSummary,
     },
     Err {
         reason: String,
@@ -183,6 +183,26 @@ impl ControlResponse {
             reason: reason.into(),
         }
     }
+}
+
+/// One process generation's own figures, as the newest generation's API
+/// reports each older one that is still draining. Typed so that a field
+/// added here is added on both sides of the control socket at once.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GenerationSummary {
+    pub generation: u64,
+    pub pid: u32,
+    /// "serving" or "draining".
+    pub state: String,
+    pub uptime_ms: u64,
+    pub clients: u64,
+    pub publishers: u64,
+    pub players: u64,
+    pub streams: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub mem_kbyte: u64,
+    pub cpu_seconds: f64,
 }
 
 /// Why a control request failed, as seen by the client.
@@ -671,7 +691,7 @@ async fn expect_ok(path: &Path, req: &ControlRequest) -> Result<(), ControlError
 }
 
 /// Asks the process at `path` for its statistics (within [`STATS_TIMEOUT`]).
-pub async fn query_stats(path: &Path) -> Result<serde_json::Value, ControlError> {
+pub async fn query_stats(path: &Path) -> Result<GenerationSummary, ControlError> {
     match request(path, &ControlRequest::Stats, STATS_TIMEOUT).await? {
         ControlResponse::Stats { stats } => Ok(stats),
         other => Err(unexpected(path, other)),
@@ -766,7 +786,10 @@ mod tests {
             while let Some(call) = calls.recv().await {
                 match call.request {
                     ControlRequest::Stats => call.responder.reply(ControlResponse::Stats {
-                        stats: serde_json::json!({"clients": 3}),
+                        stats: GenerationSummary {
+                            clients: 3,
+                            ..GenerationSummary::default()
+                        },
                     }),
                     ControlRequest::Ready { pid } => {
                         call.responder.reply_err(format!("not expecting {pid}"))
@@ -778,10 +801,7 @@ mod tests {
         });
 
         let path = server.path().to_path_buf();
-        assert_eq!(
-            query_stats(&path).await.unwrap(),
-            serde_json::json!({"clients": 3})
-        );
+        assert_eq!(query_stats(&path).await.unwrap().clients, 3);
         let err = send_ready(&path, 9).await.unwrap_err();
         assert!(err.to_string().contains("not expecting 9"), "{err}");
         let err = take_listeners(&path, 9).await.unwrap_err();

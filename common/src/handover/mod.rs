@@ -42,7 +42,7 @@ pub use control::{
     control_socket_path, live_control_paths, pid_from_control_path, query_stats, report_failure,
     request, request_upgrade, request_with_fds, send_ready, take_listeners,
     upgrade_source_from_env, ControlCall, ControlError, ControlRequest, ControlResponse,
-    ControlServer, Inherited, InheritedListener, ListenerDesc, Responder, Role,
+    ControlServer, GenerationSummary, Inherited, InheritedListener, ListenerDesc, Responder, Role,
     DEFAULT_REQUEST_TIMEOUT, STATS_TIMEOUT, UPGRADE_FROM_ENV,
 };
 pub use fdpass::{FdPassError, Received};

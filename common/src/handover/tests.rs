@@ -69,7 +69,7 @@ async fn old_side_main_loop(
                 responder.reply(ControlResponse::Ok);
             }
             ControlRequest::Stats => responder.reply(ControlResponse::Stats {
-                stats: serde_json::json!({ "generation": 0 }),
+                stats: GenerationSummary::default(),
             }),
             ControlRequest::Upgrade => responder.reply_err("not in this test"),
         }

@@ -11,10 +11,9 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 
 use crate::flv;
-use crate::media::{MediaFrame, MediaKind};
-use crate::rtmp::chunk::{encode_standalone, RawMessage};
-use crate::rtmp::message::csid;
-use crate::rtmp::session::{OUT_CHUNK_SIZE, PLAY_STREAM_ID};
+use crate::media::MediaFrame;
+use crate::rtmp::chunk::encode_standalone;
+use crate::rtmp::session::{frame_message, OUT_CHUNK_SIZE, PLAY_STREAM_ID};
 
 #[derive(Debug)]
 pub struct SharedFrame {
@@ -55,19 +54,5 @@ impl SharedFrame {
 /// kind. Shared encodings use [`PLAY_STREAM_ID`]; a player on another
 /// stream id gets its own.
 pub fn encode_rtmp(frame: &MediaFrame, stream_id: u32) -> Bytes {
-    let chunk_stream = match frame.kind {
-        MediaKind::Audio => csid::AUDIO,
-        MediaKind::Video => csid::VIDEO,
-        MediaKind::Data => csid::STREAM_COMMAND,
-    };
-    encode_standalone(
-        OUT_CHUNK_SIZE,
-        &RawMessage {
-            csid: chunk_stream,
-            timestamp: frame.timestamp,
-            type_id: frame.kind.type_id(),
-            stream_id,
-            payload: frame.payload.clone(),
-        },
-    )
+    encode_standalone(OUT_CHUNK_SIZE, &frame_message(stream_id, frame))
 }

@@ -80,7 +80,7 @@ impl Default for HubConfig {
             max_queue_bytes: 16 * 1024 * 1024,
             max_player_skips: 8,
             source_idle_timeout: Duration::from_secs(3),
-            write_coalesce: Duration::ZERO,
+            write_coalesce: Duration::from_millis(20),
         }
     }
 }

@@ -20,10 +20,14 @@ pub struct AcceptedConn {
 /// The listener is returned to the caller's scope only by being dropped
 /// here; with a hand-over, the successor holds its own duplicate, so the
 /// socket and its queue live on.
+/// `limited`: whether the connection counts against `max_connections`
+/// (client listeners) or not (the API, which must answer probes even when
+/// clients fill every slot).
 pub async fn accept_loop<F, Fut>(
     name: &'static str,
     listener: TcpListener,
     ctx: Arc<ServerContext>,
+    limited: bool,
     handle: F,
 ) where
     F: Fn(AcceptedConn) -> Fut,
@@ -38,7 +42,7 @@ pub async fn accept_loop<F, Fut>(
         };
         match accepted {
             Ok((stream, peer)) => {
-                if ctx.clients.count() >= ctx.settings.max_connections {
+                if limited && ctx.clients.count() >= ctx.settings.max_connections {
                     metrics::counter!("baton_connections_refused_total", "listener" => name)
                         .increment(1);
                     tracing::warn!(

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::clients::{ClientEntry, ClientRole, Transport};
+use crate::handover::GenerationSummary;
 use crate::hub::SourceStats;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -19,41 +20,34 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
+
+use super::accept::{accept_loop, AcceptedConn};
 use tokio::net::TcpListener;
 
 use super::ServerContext;
 
 pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
-    let stop = ctx.shutdown.stop_accepting.clone();
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, _) = match accepted {
-            Ok(pair) => pair,
-            Err(error) => {
-                tracing::warn!(%error, "api accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+    accept_loop(
+        "api",
+        listener,
+        ctx.clone(),
+        false,
+        move |conn: AcceptedConn| {
+            let ctx = ctx.clone();
+            async move {
+                let service = service_fn(move |req| {
+                    let ctx = ctx.clone();
+                    async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(conn.stream), service);
+                let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
             }
-        };
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
-        });
-    }
-    tracing::info!(listener = "api", "stopped accepting");
+        },
+    )
+    .await;
 }
 
 fn respond(
@@ -240,21 +234,26 @@ pub fn client_json(ctx: &ServerContext, c: &ClientEntry) -> Value {
 }
 
 /// This process's own summary (without older generations).
-pub fn local_summary(ctx: &ServerContext) -> Value {
+pub fn local_summary(ctx: &ServerContext) -> GenerationSummary {
     let counts = ctx.clients.role_counts();
     let proc = crate::telemetry::process_stats();
-    json!({
-        "generation": ctx.generation,
-        "pid": std::process::id(),
-        "state": if ctx.shutdown.is_draining() { "draining" } else { "serving" },
-        "uptime_ms": ctx.started.elapsed().as_millis() as u64,
-        "clients": counts.total(),
-        "publishers": counts.publishers,
-        "players": counts.players,
-        "streams": ctx.hub.source_count(),
-        "bytes_in": crate::clients::total_bytes_in(),
-        "bytes_out": crate::clients::total_bytes_out(),
-        "mem_kbyte": proc.rss_kb,
-        "cpu_seconds": proc.cpu_seconds,
-    })
+    GenerationSummary {
+        generation: ctx.generation,
+        pid: std::process::id(),
+        state: if ctx.shutdown.is_draining() {
+            "draining"
+        } else {
+            "serving"
+        }
+        .to_string(),
+        uptime_ms: ctx.started.elapsed().as_millis() as u64,
+        clients: counts.total(),
+        publishers: counts.publishers,
+        players: counts.players,
+        streams: ctx.hub.source_count() as u64,
+        bytes_in: crate::clients::total_bytes_in(),
+        bytes_out: crate::clients::total_bytes_out(),
+        mem_kbyte: proc.rss_kb,
+        cpu_seconds: proc.cpu_seconds,
+    }
 }

@@ -10,14 +10,14 @@
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::handover::query_stats;
+use crate::handover::{query_stats, GenerationSummary};
 use serde_json::{json, Value};
 
 use super::api::local_summary;
 use super::ServerContext;
 
 /// Summaries of the older generations that still answer, newest first.
-pub async fn older_summaries(ctx: &ServerContext) -> Vec<Value> {
+pub async fn older_summaries(ctx: &ServerContext) -> Vec<GenerationSummary> {
     let paths: Vec<PathBuf> = ctx.older_generations().clone();
     let mut alive = Vec::new();
     let mut summaries = Vec::new();
@@ -40,12 +40,7 @@ pub async fn summaries(ctx: &ServerContext) -> Value {
     let local = local_summary(ctx);
     let mut generations = vec![local.clone()];
     generations.extend(older_summaries(ctx).await);
-    let sum = |field: &str| -> u64 {
-        generations
-            .iter()
-            .map(|g| g.get(field).and_then(Value::as_u64).unwrap_or(0))
-            .sum()
-    };
+    let sum = |field: fn(&GenerationSummary) -> u64| -> u64 { generations.iter().map(field).sum() };
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -59,19 +54,19 @@ pub async fn summaries(ctx: &ServerContext) -> Value {
                 "version": env!("CARGO_PKG_VERSION"),
                 "pid": std::process::id(),
                 "generation": ctx.generation,
-                "mem_kbyte": local.get("mem_kbyte"),
-                "cpu_seconds": local.get("cpu_seconds"),
+                "mem_kbyte": local.mem_kbyte,
+                "cpu_seconds": local.cpu_seconds,
                 "srs_uptime": ctx.started.elapsed().as_secs(),
-                "uptime_ms": local.get("uptime_ms"),
+                "uptime_ms": local.uptime_ms,
             },
             "service": {
                 "generations": generations.len(),
-                "clients": sum("clients"),
-                "publishers": sum("publishers"),
-                "players": sum("players"),
-                "streams": sum("streams"),
-                "bytes_in": sum("bytes_in"),
-                "bytes_out": sum("bytes_out"),
+                "clients": sum(|g| g.clients),
+                "publishers": sum(|g| g.publishers),
+                "players": sum(|g| g.players),
+                "streams": sum(|g| g.streams),
+                "bytes_in": sum(|g| g.bytes_in),
+                "bytes_out": sum(|g| g.bytes_out),
             },
             "generations": generations,
         }

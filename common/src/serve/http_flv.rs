@@ -36,6 +36,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
         "http-flv",
         listener,
         ctx.clone(),
+        true,
         move |conn: AcceptedConn| {
             let ctx = ctx.clone();
             async move { handle_connection(conn.stream, conn.peer, ctx).await }

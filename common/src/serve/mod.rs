@@ -44,8 +44,7 @@ use settings::Settings;
 /// player and forwards a publish to an origin).
 pub trait StreamDirectory: Send + Sync + 'static {
     /// Claim `key` for a publisher connected to this node.
-    fn publish(&self, key: StreamKey, publisher: PublisherInfo)
-        -> Result<Publisher, PublishError>;
+    fn publish(&self, key: StreamKey, publisher: PublisherInfo) -> Result<Publisher, PublishError>;
 
     /// Attach a player to `key` (it may wait for the stream to appear; the
     /// caller bounds that wait with `play_wait_timeout`).
@@ -61,11 +60,7 @@ pub trait StreamDirectory: Send + Sync + 'static {
 
 /// The origin's directory, and the edge's local part: the hub itself.
 impl StreamDirectory for Hub {
-    fn publish(
-        &self,
-        key: StreamKey,
-        publisher: PublisherInfo,
-    ) -> Result<Publisher, PublishError> {
+    fn publish(&self, key: StreamKey, publisher: PublisherInfo) -> Result<Publisher, PublishError> {
         Hub::publish(self, key, publisher)
     }
 

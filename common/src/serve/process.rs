@@ -17,7 +17,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context as _};
 use crate::handover::{
     bind_listener, control_socket_path, dup_fd, into_tokio, report_failure, request_upgrade,
     send_ready, take_listeners, upgrade_source_from_env, BindError, ControlCall, ControlRequest,
@@ -26,6 +25,7 @@ use crate::handover::{
 };
 use crate::hub::Hub;
 use crate::lifecycle::{DrainPlan, ProcessSignal, Shutdown, Signals};
+use anyhow::{anyhow, bail, Context as _};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -188,11 +188,13 @@ async fn adopt(
     Ok((Listeners { std }, inherited.generation(), inherited.older))
 }
 
-/// What a binary plugs into the process: its role and how to build its
-/// [`StreamDirectory`] once the hub and the lifecycle exist.
+/// Builds a role's [`StreamDirectory`] once the hub and lifecycle exist.
+pub type DirectoryFactory = Box<dyn FnOnce(&Hub, &Shutdown) -> Arc<dyn StreamDirectory> + Send>;
+
+/// What a binary plugs into the process: its role and its directory.
 pub struct Service {
     pub role: Role,
-    pub directory: Box<dyn FnOnce(&Hub, &Shutdown) -> Arc<dyn StreamDirectory> + Send>,
+    pub directory: DirectoryFactory,
 }
 
 /// Run a node until it exits.
@@ -237,8 +239,8 @@ async fn start(
         None => (bind_all(&settings, role)?, 1, Vec::new()),
     };
     let mut signals = Signals::install().context("cannot install signal handlers")?;
-    let (control_server, control_rx) =
-        ControlServer::bind(&settings.control_dir, role, pid).with_context(|| {
+    let (control_server, control_rx) = ControlServer::bind(&settings.control_dir, role, pid)
+        .with_context(|| {
             format!(
                 "cannot bind the control socket in {}",
                 settings.control_dir.display()

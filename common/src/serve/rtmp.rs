@@ -12,10 +12,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context as _};
 use crate::clients::{ClientGuard, ClientRole, Transport};
 use crate::hub::{encode_rtmp, HubItem, PublishError, PublisherInfo, StreamKey};
 use crate::rtmp::session::{ServerEvent, ServerSession, SessionConfig, PLAY_STREAM_ID};
+use anyhow::{anyhow, bail, Context as _};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -30,10 +30,16 @@ use super::ServerContext;
 const READ_CHUNK: usize = 64 * 1024;
 
 pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
-    accept_loop("rtmp", listener, ctx.clone(), move |conn: AcceptedConn| {
-        let ctx = ctx.clone();
-        async move { handle_connection(conn.stream, conn.peer, ctx).await }
-    })
+    accept_loop(
+        "rtmp",
+        listener,
+        ctx.clone(),
+        true,
+        move |conn: AcceptedConn| {
+            let ctx = ctx.clone();
+            async move { handle_connection(conn.stream, conn.peer, ctx).await }
+        },
+    )
     .await;
 }
 

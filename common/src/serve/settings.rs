@@ -8,18 +8,27 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{load_toml, ConfigError, HumanDuration};
+use crate::config::{load_toml, overlay, ConfigError, HumanDuration};
 use crate::hub::HubConfig;
 use clap::Args;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-/// Settings as flags (each also readable from its `BATON_*` variable).
-/// All optional: what is not given falls back to the file, then defaults.
-#[derive(Debug, Clone, Default, Args)]
+/// Every shared setting, declared once: as a flag (also readable from its
+/// `BATON_*` variable) and as a TOML key of the same name. All optional:
+/// what a flag does not give falls back to the file, then to the default
+/// in [`Settings::resolve`]. Unknown keys in the file are errors.
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct SettingsArgs {
     /// TOML config file; keys are the long flag names with '_' for '-'.
     #[arg(long, env = "BATON_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
+    /// Role-specific settings of the file (the edge's `[edge]` table);
+    /// the role's own settings type reads them.
+    #[arg(skip)]
+    #[serde(skip_serializing)]
+    pub edge: Option<toml::Table>,
     /// RTMP listen address (publish and play). [default: 0.0.0.0:1935]
     #[arg(long, env = "BATON_RTMP")]
     pub rtmp: Option<SocketAddr>,
@@ -94,35 +103,6 @@ pub struct SettingsArgs {
     pub player_write_timeout: Option<HumanDuration>,
 }
 
-/// The same settings as TOML keys. Unknown keys are errors.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SettingsFile {
-    rtmp: Option<SocketAddr>,
-    http: Option<SocketAddr>,
-    api: Option<SocketAddr>,
-    pid_file: Option<PathBuf>,
-    control_dir: Option<PathBuf>,
-    log: Option<String>,
-    grace_start_wait: Option<HumanDuration>,
-    grace_final_wait: Option<HumanDuration>,
-    force_grace_quit: Option<bool>,
-    drain_timeout: Option<HumanDuration>,
-    upgrade_drain_max: Option<HumanDuration>,
-    reuseport: Option<bool>,
-    source_idle_timeout: Option<HumanDuration>,
-    play_wait_timeout: Option<HumanDuration>,
-    gop_cache: Option<bool>,
-    max_queue_frames: Option<usize>,
-    max_queue_bytes: Option<usize>,
-    max_player_skips: Option<usize>,
-    write_coalesce: Option<HumanDuration>,
-    max_connections: Option<usize>,
-    handshake_timeout: Option<HumanDuration>,
-    publish_idle_timeout: Option<HumanDuration>,
-    player_write_timeout: Option<HumanDuration>,
-}
-
 /// The resolved settings a node runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -146,67 +126,57 @@ pub struct Settings {
     pub hub: HubConfig,
 }
 
-fn pick<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
-    flag.or(file).unwrap_or(default)
+fn pick<T>(given: Option<T>, default: T) -> T {
+    given.unwrap_or(default)
 }
 
-fn dur(flag: Option<HumanDuration>, file: Option<HumanDuration>, default_ms: u64) -> Duration {
-    flag.or(file)
-        .map_or(Duration::from_millis(default_ms), HumanDuration::get)
+fn dur(given: Option<HumanDuration>, default: Duration) -> Duration {
+    given.map_or(default, HumanDuration::get)
+}
+
+impl SettingsArgs {
+    /// These flags over the file named by `--config` (if any).
+    pub fn with_file(&self) -> Result<SettingsArgs, ConfigError> {
+        let Some(path) = &self.config else {
+            return Ok(self.clone());
+        };
+        let file: SettingsArgs = load_toml(path)?;
+        let mut merged = overlay(self, &file)?;
+        merged.config = self.config.clone();
+        merged.edge = file.edge;
+        Ok(merged)
+    }
 }
 
 impl Settings {
     pub fn resolve(args: &SettingsArgs) -> Result<Settings, ConfigError> {
-        let file: SettingsFile = match &args.config {
-            Some(path) => load_toml(path)?,
-            None => SettingsFile::default(),
-        };
-        let a = args.clone();
+        let a = args.with_file()?;
         let hub_defaults = HubConfig::default();
         let settings = Settings {
-            rtmp: pick(a.rtmp, file.rtmp, SocketAddr::from(([0, 0, 0, 0], 1935))),
-            http: pick(a.http, file.http, SocketAddr::from(([0, 0, 0, 0], 8080))),
-            api: pick(a.api, file.api, SocketAddr::from(([127, 0, 0, 1], 1985))),
-            pid_file: a.pid_file.or(file.pid_file),
-            control_dir: pick(a.control_dir, file.control_dir, std::env::temp_dir()),
-            log: pick(a.log, file.log, "info".to_string()),
-            grace_start_wait: dur(a.grace_start_wait, file.grace_start_wait, 2300),
-            grace_final_wait: dur(a.grace_final_wait, file.grace_final_wait, 3200),
-            force_grace_quit: pick(a.force_grace_quit, file.force_grace_quit, false),
-            drain_timeout: a
-                .drain_timeout
-                .or(file.drain_timeout)
-                .map(HumanDuration::get),
-            upgrade_drain_max: dur(
-                a.upgrade_drain_max,
-                file.upgrade_drain_max,
-                12 * 3600 * 1000,
-            ),
-            reuseport: pick(a.reuseport, file.reuseport, false),
-            play_wait_timeout: dur(a.play_wait_timeout, file.play_wait_timeout, 10_000),
-            max_connections: pick(a.max_connections, file.max_connections, 18_000),
-            handshake_timeout: dur(a.handshake_timeout, file.handshake_timeout, 10_000),
-            publish_idle_timeout: dur(a.publish_idle_timeout, file.publish_idle_timeout, 20_000),
-            player_write_timeout: dur(a.player_write_timeout, file.player_write_timeout, 20_000),
+            rtmp: pick(a.rtmp, SocketAddr::from(([0, 0, 0, 0], 1935))),
+            http: pick(a.http, SocketAddr::from(([0, 0, 0, 0], 8080))),
+            api: pick(a.api, SocketAddr::from(([127, 0, 0, 1], 1985))),
+            pid_file: a.pid_file,
+            control_dir: pick(a.control_dir, std::env::temp_dir()),
+            log: pick(a.log, "info".to_string()),
+            grace_start_wait: dur(a.grace_start_wait, Duration::from_millis(2300)),
+            grace_final_wait: dur(a.grace_final_wait, Duration::from_millis(3200)),
+            force_grace_quit: pick(a.force_grace_quit, false),
+            drain_timeout: a.drain_timeout.map(HumanDuration::get),
+            upgrade_drain_max: dur(a.upgrade_drain_max, Duration::from_millis(12 * 3600 * 1000)),
+            reuseport: pick(a.reuseport, false),
+            play_wait_timeout: dur(a.play_wait_timeout, Duration::from_millis(10_000)),
+            max_connections: pick(a.max_connections, 18_000),
+            handshake_timeout: dur(a.handshake_timeout, Duration::from_millis(10_000)),
+            publish_idle_timeout: dur(a.publish_idle_timeout, Duration::from_millis(20_000)),
+            player_write_timeout: dur(a.player_write_timeout, Duration::from_millis(20_000)),
             hub: HubConfig {
-                gop_cache: pick(a.gop_cache, file.gop_cache, hub_defaults.gop_cache),
-                max_queue_frames: pick(
-                    a.max_queue_frames,
-                    file.max_queue_frames,
-                    hub_defaults.max_queue_frames,
-                ),
-                max_queue_bytes: pick(
-                    a.max_queue_bytes,
-                    file.max_queue_bytes,
-                    hub_defaults.max_queue_bytes,
-                ),
-                max_player_skips: pick(
-                    a.max_player_skips,
-                    file.max_player_skips,
-                    hub_defaults.max_player_skips,
-                ),
-                source_idle_timeout: dur(a.source_idle_timeout, file.source_idle_timeout, 3000),
-                write_coalesce: dur(a.write_coalesce, file.write_coalesce, 20),
+                gop_cache: pick(a.gop_cache, hub_defaults.gop_cache),
+                max_queue_frames: pick(a.max_queue_frames, hub_defaults.max_queue_frames),
+                max_queue_bytes: pick(a.max_queue_bytes, hub_defaults.max_queue_bytes),
+                max_player_skips: pick(a.max_player_skips, hub_defaults.max_player_skips),
+                source_idle_timeout: dur(a.source_idle_timeout, hub_defaults.source_idle_timeout),
+                write_coalesce: dur(a.write_coalesce, hub_defaults.write_coalesce),
                 ..hub_defaults
             },
         };

@@ -13,12 +13,10 @@ use bytes::{Bytes, BytesMut};
 
 use crate::amf0::{self, Amf0Value};
 use crate::media::{MediaFrame, MediaKind};
-use crate::rtmp::link::Link;
 use crate::rtmp::handshake::{ClientHandshake, HandshakeStatus};
+use crate::rtmp::link::Link;
 use crate::rtmp::message::{RtmpMessage, UserControlEvent};
-use crate::rtmp::session::{
-    frame_message, media_frames, SessionError, OUT_CHUNK_SIZE,
-};
+use crate::rtmp::session::{frame_message, media_frames, SessionError, OUT_CHUNK_SIZE};
 
 /// Buffer length announced to the server when playing.
 const PLAY_BUFFER_MILLIS: u32 = 3000;

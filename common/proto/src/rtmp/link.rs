@@ -66,8 +66,7 @@ impl Link {
     /// when a window boundary was crossed.
     pub(crate) fn count_received(&mut self, bytes: usize) {
         if let Some(sequence) = self.acks.add(bytes) {
-            self.outbox
-                .send(RtmpMessage::Acknowledgement { sequence });
+            self.outbox.send(RtmpMessage::Acknowledgement { sequence });
         }
     }
 }
@@ -172,4 +171,3 @@ impl Outbox {
         self.out.len()
     }
 }
-

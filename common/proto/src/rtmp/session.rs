@@ -35,8 +35,8 @@ use bytes::{Bytes, BytesMut};
 use crate::amf0::{self, Amf0Value};
 use crate::media::{MediaFrame, MediaKind};
 use crate::rtmp::chunk::{encode_standalone, ChunkError, RawMessage};
-use crate::rtmp::link::Link;
 use crate::rtmp::handshake::{HandshakeError, HandshakeStatus, ServerHandshake};
+use crate::rtmp::link::Link;
 use crate::rtmp::message::{csid, split_aggregate, MessageError, RtmpMessage, UserControlEvent};
 
 /// Our Set Chunk Size to every peer, sent right after `connect`.
@@ -210,7 +210,7 @@ fn decode_values_leniently(payload: &[u8]) -> Vec<Amf0Value> {
 }
 
 /// Turns a media frame into the message carrying it on `stream_id`.
-pub(crate) fn frame_message(stream_id: u32, frame: &MediaFrame) -> RawMessage {
+pub fn frame_message(stream_id: u32, frame: &MediaFrame) -> RawMessage {
     let csid = match frame.kind {
         MediaKind::Audio => csid::AUDIO,
         MediaKind::Video => csid::VIDEO,
@@ -313,7 +313,10 @@ impl ServerSession {
     /// header (see [`encode_standalone`]); interleaves safely with shared
     /// frame bytes the glue writes itself.
     pub fn send_media(&mut self, stream_id: u32, frame: &MediaFrame) {
-        let bytes = encode_standalone(self.link.outbox.chunk_size(), &frame_message(stream_id, frame));
+        let bytes = encode_standalone(
+            self.link.outbox.chunk_size(),
+            &frame_message(stream_id, frame),
+        );
         self.link.outbox.write_bytes(&bytes);
     }
 
@@ -751,9 +754,9 @@ impl ServerSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rtmp::chunk::{ChunkDecoder, ChunkEncoder};
     use crate::rtmp::client_session::{ClientEvent, ClientSession};
     use crate::rtmp::message::type_id;
-    use crate::rtmp::chunk::{ChunkDecoder, ChunkEncoder};
     use proptest::prelude::*;
 
     /// Moves bytes both ways until neither side has anything to say.
