@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::feed::Watcher;
-use crate::origin::Origin;
+use crate::node::Node;
 
 #[derive(Debug, Default)]
 pub struct Findings(Vec<String>);
@@ -42,14 +42,16 @@ impl Findings {
         });
     }
 
-    /// Fail the test if anything was recorded, showing the origin's log.
+    /// Fail the test if anything was recorded, showing the node's log
+    /// (an origin's or an edge's).
     #[track_caller]
-    pub fn assert_none(&self, origin: &Origin) {
+    pub fn assert_none(&self, origin: &Node) {
         assert!(
             self.0.is_empty(),
-            "{} violation(s):\n- {}\n--- origin log tail ---\n{}",
+            "{} violation(s):\n- {}\n--- {} log tail ---\n{}",
             self.0.len(),
             self.0.join("\n- "),
+            origin.role().label(),
             origin.log_tail(80)
         );
     }
