@@ -24,6 +24,8 @@
 //!   (upgrade generations) and watchers recording what long-lived players
 //!   received; [`load`]: a connection-churn loop that records every failed
 //!   attempt (lifecycle and upgrade tests);
+//! - [`proxy`]: a TCP proxy that forwards, blackholes or resets on demand
+//!   (a network failing between an edge and an origin);
 //! - [`tools`]: external programs (ffmpeg, ffprobe, the upgrade command)
 //!   with timeouts, so a hang fails a test instead of blocking CI.
 //!
@@ -39,6 +41,7 @@ pub mod http;
 pub mod load;
 pub mod node;
 pub mod play;
+pub mod proxy;
 pub mod raw_rtmp;
 pub mod synth;
 pub mod tools;
