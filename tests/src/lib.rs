@@ -26,6 +26,8 @@
 //!   attempt (lifecycle and upgrade tests);
 //! - [`proxy`]: a TCP proxy that forwards, blackholes or resets on demand
 //!   (a network failing between an edge and an origin);
+//! - [`dns`]: a live-editable authoritative nameserver on loopback (DNS
+//!   origin discovery for edges);
 //! - [`tools`]: external programs (ffmpeg, ffprobe, the upgrade command)
 //!   with timeouts, so a hang fails a test instead of blocking CI.
 //!
@@ -33,6 +35,7 @@
 
 pub mod binaries;
 pub mod check;
+pub mod dns;
 pub mod feed;
 pub mod ffmpeg;
 pub mod findings;
