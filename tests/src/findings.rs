@@ -2,7 +2,7 @@
 //! origin's log tail: a test of several promises shows every broken one,
 //! not just the first.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::feed::Watcher;
 use crate::node::Node;
@@ -40,6 +40,18 @@ impl Findings {
                 watcher.label, seen.index_gaps
             )
         });
+    }
+
+    /// Record every continuity violation of `watcher` (see
+    /// [`crate::feed::Seen::continuity_violations`]: duplicates and
+    /// timestamp regressions on either track, frames missing after
+    /// `fault`), and print its continuity summary with the longest stall.
+    pub fn continuous(&mut self, watcher: &Watcher, fault: Instant, when: &str) {
+        let seen = watcher.seen();
+        eprintln!("{} {when}: {}", watcher.label, seen.continuity_summary());
+        for violation in seen.continuity_violations(fault) {
+            self.check(false, || format!("{} {when}: {violation}", watcher.label));
+        }
     }
 
     /// Fail the test if anything was recorded, showing the node's log
