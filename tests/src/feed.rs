@@ -15,11 +15,19 @@
 //! evidence a lifecycle assertion needs: index gaps, the longest silence
 //! between frames, the time of the last frame, and when and how the
 //! connection ended (EOF, error, a properly terminated HTTP-FLV body).
+//!
+//! For failover tests (an edge switching origins under a player) [`Seen`]
+//! also keeps continuity per track ([`TrackSeen`]): duplicated frame
+//! indices (a replayed GOP), timestamp regressions (a timeline not
+//! spliced), frames missing and when that was noticed (so a test can
+//! require "nothing lost after the fault"), and the longest stall, the
+//! wall-clock gap between any two consecutive frames the player received.
 
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use baton_common::media::MediaFrame;
+use baton_common::media::{MediaFrame, MediaKind};
 use baton_common::rtmp::client::{ClientError, RtmpPlayer, RtmpPublisher};
 use baton_common::rtmp::client_session::ClientEvent;
 use tokio::sync::{mpsc, watch};
@@ -271,6 +279,47 @@ async fn run_feed(
     }
 }
 
+/// Continuity of one track (audio or video) as a player received it;
+/// only frames carrying a synthetic index count (not sequence headers or
+/// metadata).
+#[derive(Debug, Clone, Default)]
+pub struct TrackSeen {
+    /// Indexed frames received on this track (duplicates included).
+    pub frames: u64,
+    pub last_index: Option<u32>,
+    pub last_timestamp: Option<u32>,
+    /// Indices received again after they had been received once.
+    pub duplicates: Vec<u32>,
+    /// Where the timestamp went backwards: the previous timestamp on this
+    /// track, the new one, the index of the frame that carried it and when
+    /// it arrived.
+    pub timestamp_regressions: Vec<TimestampRegression>,
+}
+
+/// A timestamp lower than the previous one on the same track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimestampRegression {
+    pub previous: u32,
+    pub timestamp: u32,
+    pub index: u32,
+    pub at: Instant,
+}
+
+/// Frames never received: indices `first..=last` were skipped when a
+/// frame with a higher index arrived at `at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Missing {
+    pub first: u32,
+    pub last: u32,
+    pub at: Instant,
+}
+
+impl Missing {
+    pub fn count(&self) -> u64 {
+        u64::from(self.last - self.first) + 1
+    }
+}
+
 /// What a [`Watcher`] has seen so far.
 #[derive(Debug, Clone, Default)]
 pub struct Seen {
@@ -287,6 +336,23 @@ pub struct Seen {
     /// Longest time between two indexed frames, and when it ended.
     pub max_silence: Duration,
     pub max_silence_at: Option<Instant>,
+    /// The longest stall: the longest wall-clock time between two
+    /// consecutive media frames of any kind (headers included), and when
+    /// it ended.
+    pub max_stall: Duration,
+    pub max_stall_at: Option<Instant>,
+    /// When the last media frame of any kind arrived.
+    pub last_frame_at: Option<Instant>,
+    /// Continuity of the video and audio tracks.
+    pub video: TrackSeen,
+    pub audio: TrackSeen,
+    /// Indices skipped (never received), in the order noticed. Unlike
+    /// `index_gaps` a replay (going back) is not listed here, and a replay
+    /// that fills a hole does not remove it.
+    pub missing: Vec<Missing>,
+    /// Received indices as sorted, disjoint, inclusive ranges (one range
+    /// when nothing was lost), to tell duplicates from late frames.
+    received: Vec<(u32, u32)>,
     /// RTMP onStatus codes received, in order.
     pub statuses: Vec<String>,
     /// When and how the connection ended: "eof" or the error.
@@ -304,8 +370,103 @@ impl Seen {
             .map(|(at, _)| at.saturating_duration_since(since))
     }
 
+    /// Duplicated indices on both tracks.
+    pub fn duplicates(&self) -> u64 {
+        (self.video.duplicates.len() + self.audio.duplicates.len()) as u64
+    }
+
+    /// Timestamp regressions on both tracks.
+    pub fn timestamp_regressions(&self) -> u64 {
+        (self.video.timestamp_regressions.len() + self.audio.timestamp_regressions.len()) as u64
+    }
+
+    /// Skips noticed at or after `since` (e.g. the moment of a fault).
+    pub fn missing_since(&self, since: Instant) -> Vec<Missing> {
+        self.missing
+            .iter()
+            .filter(|m| m.at >= since)
+            .copied()
+            .collect()
+    }
+
+    /// Frames never received, in total.
+    pub fn missing_frames(&self) -> u64 {
+        self.missing.iter().map(Missing::count).sum()
+    }
+
+    /// What a failover test requires of a player from `since` on, as a
+    /// list of violations (empty when continuous): no duplicated index and
+    /// no timestamp regression on either track (over the whole
+    /// connection) and no frame missing after `since`.
+    pub fn continuity_violations(&self, since: Instant) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, track) in [("video", &self.video), ("audio", &self.audio)] {
+            if !track.duplicates.is_empty() {
+                out.push(format!(
+                    "{} duplicated {name} frame(s): {:?}",
+                    track.duplicates.len(),
+                    abbreviate(&track.duplicates)
+                ));
+            }
+            if !track.timestamp_regressions.is_empty() {
+                let r: Vec<(u32, u32, u32)> = track
+                    .timestamp_regressions
+                    .iter()
+                    .map(|r| (r.previous, r.timestamp, r.index))
+                    .collect();
+                out.push(format!(
+                    "{} {name} timestamp regression(s) (previous ms, ms, index): {:?}",
+                    r.len(),
+                    abbreviate(&r)
+                ));
+            }
+        }
+        let missing = self.missing_since(since);
+        if !missing.is_empty() {
+            let ranges: Vec<(u32, u32)> = missing.iter().map(|m| (m.first, m.last)).collect();
+            out.push(format!(
+                "{} frame(s) missing after the fault: {:?}",
+                missing.iter().map(Missing::count).sum::<u64>(),
+                abbreviate(&ranges)
+            ));
+        }
+        out
+    }
+
+    /// One line for a test's output: frames, the longest stall, and
+    /// duplicates / regressions / missing frames per track.
+    pub fn continuity_summary(&self) -> String {
+        let mut line = format!(
+            "{} frames ({} indexed, {}..{}), longest stall {:?}",
+            self.frames,
+            self.indexed,
+            self.first_index.map_or("-".into(), |i| i.to_string()),
+            self.last_index.map_or("-".into(), |i| i.to_string()),
+            self.max_stall
+        );
+        for (name, track) in [("video", &self.video), ("audio", &self.audio)] {
+            let _ = write!(
+                line,
+                "; {name}: {} frames, {} duplicated, {} timestamp regressions",
+                track.frames,
+                track.duplicates.len(),
+                track.timestamp_regressions.len()
+            );
+        }
+        let _ = write!(line, "; {} missing", self.missing_frames());
+        line
+    }
+
     fn record(&mut self, frame: &MediaFrame, now: Instant) {
         self.frames += 1;
+        if let Some(last) = self.last_frame_at {
+            let stall = now.saturating_duration_since(last);
+            if stall > self.max_stall {
+                self.max_stall = stall;
+                self.max_stall_at = Some(now);
+            }
+        }
+        self.last_frame_at = Some(now);
         let Some(index) = frame_index(frame) else {
             return;
         };
@@ -327,6 +488,76 @@ impl Seen {
         }
         self.last_index = Some(index);
         self.last_at = Some(now);
+        self.record_continuity(frame, index, now);
+    }
+
+    fn record_continuity(&mut self, frame: &MediaFrame, index: u32, now: Instant) {
+        let duplicate = self.received.iter().any(|&(a, b)| a <= index && index <= b);
+        if !duplicate {
+            if let Some(highest) = self.received.last().map(|&(_, b)| b) {
+                if index > highest.saturating_add(1) {
+                    self.missing.push(Missing {
+                        first: highest + 1,
+                        last: index - 1,
+                        at: now,
+                    });
+                }
+            }
+            insert_index(&mut self.received, index);
+        }
+        let track = match frame.kind {
+            MediaKind::Video => &mut self.video,
+            MediaKind::Audio => &mut self.audio,
+            MediaKind::Data => return,
+        };
+        track.frames += 1;
+        if duplicate {
+            track.duplicates.push(index);
+        }
+        if let Some(previous) = track.last_timestamp {
+            if frame.timestamp < previous {
+                track.timestamp_regressions.push(TimestampRegression {
+                    previous,
+                    timestamp: frame.timestamp,
+                    index,
+                    at: now,
+                });
+            }
+        }
+        track.last_index = Some(index);
+        track.last_timestamp = Some(frame.timestamp);
+    }
+}
+
+/// Adds `index` (not yet present) to sorted, disjoint, inclusive ranges,
+/// merging neighbours.
+fn insert_index(ranges: &mut Vec<(u32, u32)>, index: u32) {
+    // First range starting after `index`.
+    let pos = ranges.partition_point(|&(a, _)| a <= index);
+    let joins_prev = pos > 0 && ranges[pos - 1].1.checked_add(1) == Some(index);
+    let joins_next = pos < ranges.len() && index.checked_add(1) == Some(ranges[pos].0);
+    match (joins_prev, joins_next) {
+        (true, true) => {
+            ranges[pos - 1].1 = ranges[pos].1;
+            ranges.remove(pos);
+        }
+        (true, false) => ranges[pos - 1].1 = index,
+        (false, true) => ranges[pos].0 = index,
+        (false, false) => ranges.insert(pos, (index, index)),
+    }
+}
+
+/// The first and last few items of a long list, for messages.
+fn abbreviate<T: std::fmt::Debug>(items: &[T]) -> String {
+    if items.len() <= 12 {
+        format!("{items:?}")
+    } else {
+        format!(
+            "{:?} ... {:?} ({} in all)",
+            &items[..6],
+            &items[items.len() - 6..],
+            items.len()
+        )
     }
 }
 
@@ -438,5 +669,94 @@ impl Watcher {
 impl Drop for Watcher {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clean_stream_is_continuous() {
+        let mut synth = Synth::standard();
+        let mut seen = Seen::default();
+        let t0 = Instant::now();
+        let headers = synth.headers();
+        let media = synth.frames(200);
+        for (i, f) in headers.iter().chain(&media).enumerate() {
+            seen.record(f, t0 + Duration::from_millis(i as u64 * 10));
+        }
+        assert!(seen.continuity_violations(t0).is_empty(), "{seen:?}");
+        assert_eq!(seen.received, vec![(0, 199)]);
+        assert!(seen.video.frames > 0 && seen.audio.frames > 0);
+        assert_eq!(seen.video.frames + seen.audio.frames, 200);
+        assert_eq!(seen.max_stall, Duration::from_millis(10));
+    }
+
+    #[test]
+    fn replays_losses_and_stalls_are_counted() {
+        let all = Synth::standard().frames(100);
+        let mut seen = Seen::default();
+        let t0 = Instant::now();
+        // Frames 10 ms apart, starting `pause` after the last one.
+        let feed = |seen: &mut Seen, fs: &[MediaFrame], mut at: Instant, pause: u64| {
+            at += Duration::from_millis(pause);
+            for f in fs {
+                seen.record(f, at);
+                at += Duration::from_millis(10);
+            }
+            at - Duration::from_millis(10)
+        };
+        let fault = feed(&mut seen, &all[..50], t0, 0);
+        // A replay of 40..50 (both tracks go back in time once), then
+        // after a 700 ms stall a jump over 60..70.
+        let at = feed(&mut seen, &all[40..60], fault, 10);
+        let end = feed(&mut seen, &all[70..], at, 710);
+        assert_eq!(seen.duplicates(), 10);
+        assert!(!seen.video.duplicates.is_empty() && !seen.audio.duplicates.is_empty());
+        assert_eq!(seen.video.timestamp_regressions.len(), 1);
+        assert_eq!(seen.audio.timestamp_regressions.len(), 1);
+        assert_eq!(seen.missing_frames(), 10);
+        assert_eq!(seen.missing_since(fault).len(), 1);
+        assert_eq!(seen.missing_since(end).len(), 0);
+        assert_eq!(seen.max_stall, Duration::from_millis(710));
+        // duplicates and regressions per track, and the loss
+        assert_eq!(seen.continuity_violations(fault).len(), 5, "{seen:?}");
+        assert_eq!(seen.continuity_violations(end).len(), 4);
+        assert!(!seen.continuity_summary().contains('\n'));
+    }
+
+    #[test]
+    fn a_regression_is_reported_on_its_own_track_only() {
+        let mut all = Synth::standard().frames(20);
+        let audio = (3..20)
+            .find(|&i| all[i].kind == MediaKind::Audio)
+            .expect("some audio frame");
+        all[audio].timestamp = 0;
+        let mut seen = Seen::default();
+        let t0 = Instant::now();
+        for f in &all {
+            seen.record(f, t0);
+        }
+        assert_eq!(seen.audio.timestamp_regressions.len(), 1);
+        assert_eq!(seen.audio.timestamp_regressions[0].index, audio as u32);
+        assert!(seen.video.timestamp_regressions.is_empty());
+        assert_eq!(seen.duplicates(), 0);
+        assert_eq!(seen.missing_frames(), 0);
+    }
+
+    #[test]
+    fn index_ranges_merge() {
+        let mut r = Vec::new();
+        for i in [5, 7, 6, 1, 3, 2, 9] {
+            insert_index(&mut r, i);
+        }
+        assert_eq!(r, vec![(1, 3), (5, 7), (9, 9)]);
+        insert_index(&mut r, 4);
+        insert_index(&mut r, 8);
+        assert_eq!(r, vec![(1, 9)]);
+        insert_index(&mut r, u32::MAX);
+        insert_index(&mut r, 0);
+        assert_eq!(r, vec![(0, 9), (u32::MAX, u32::MAX)]);
     }
 }

@@ -2,10 +2,10 @@
 //! origin's log tail: a test of several promises shows every broken one,
 //! not just the first.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::feed::Watcher;
-use crate::origin::Origin;
+use crate::node::Node;
 
 #[derive(Debug, Default)]
 pub struct Findings(Vec<String>);
@@ -42,14 +42,28 @@ impl Findings {
         });
     }
 
-    /// Fail the test if anything was recorded, showing the origin's log.
+    /// Record every continuity violation of `watcher` (see
+    /// [`crate::feed::Seen::continuity_violations`]: duplicates and
+    /// timestamp regressions on either track, frames missing after
+    /// `fault`), and print its continuity summary with the longest stall.
+    pub fn continuous(&mut self, watcher: &Watcher, fault: Instant, when: &str) {
+        let seen = watcher.seen();
+        eprintln!("{} {when}: {}", watcher.label, seen.continuity_summary());
+        for violation in seen.continuity_violations(fault) {
+            self.check(false, || format!("{} {when}: {violation}", watcher.label));
+        }
+    }
+
+    /// Fail the test if anything was recorded, showing the node's log
+    /// (an origin's or an edge's).
     #[track_caller]
-    pub fn assert_none(&self, origin: &Origin) {
+    pub fn assert_none(&self, origin: &Node) {
         assert!(
             self.0.is_empty(),
-            "{} violation(s):\n- {}\n--- origin log tail ---\n{}",
+            "{} violation(s):\n- {}\n--- {} log tail ---\n{}",
             self.0.len(),
             self.0.join("\n- "),
+            origin.role().label(),
             origin.log_tail(80)
         );
     }

@@ -1,12 +1,14 @@
 //! Shared harness for Baton's end-to-end tests.
 //!
-//! The tests exercise the real `baton-origin` binary on loopback through
-//! real protocols, so this crate holds what every test file needs for that
-//! and nothing that would stand in for the server:
+//! The tests exercise the real `baton-origin` and `baton-edge` binaries on
+//! loopback through real protocols, so this crate holds what every test
+//! file needs for that and nothing that would stand in for the server:
 //!
 //! - [`binaries`]: find (or build once) the binaries under test;
-//! - [`origin`]: start an origin on free loopback ports with its own temp
-//!   dir, wait for it to be healthy, signal it, time its exit, keep its log;
+//! - [`node`]: start an origin or an edge ([`Origin`], [`Edge`], both a
+//!   [`Node`]) on free loopback ports with its own temp dir, wait for it to
+//!   be healthy, signal, freeze and thaw it, time its exit, keep its log;
+//!   edges are pointed at origins with [`NodeBuilder::origin`];
 //! - [`synth`]: a synthetic AVC/AAC stream whose every frame carries its
 //!   index, and [`check`]: assertions that a player got exactly what was
 //!   published (keyframe start, no gaps, no duplicates, same bytes);
@@ -22,21 +24,27 @@
 //!   (upgrade generations) and watchers recording what long-lived players
 //!   received; [`load`]: a connection-churn loop that records every failed
 //!   attempt (lifecycle and upgrade tests);
+//! - [`proxy`]: a TCP proxy that forwards, blackholes or resets on demand
+//!   (a network failing between an edge and an origin);
+//! - [`dns`]: a live-editable authoritative nameserver on loopback (DNS
+//!   origin discovery for edges);
 //! - [`tools`]: external programs (ffmpeg, ffprobe, the upgrade command)
 //!   with timeouts, so a hang fails a test instead of blocking CI.
 //!
-//! Every wait in here is bounded; failures carry the origin's log tail.
+//! Every wait in here is bounded; failures carry the server's log tail.
 
 pub mod binaries;
 pub mod check;
+pub mod dns;
 pub mod feed;
 pub mod ffmpeg;
 pub mod findings;
 pub mod flv_player;
 pub mod http;
 pub mod load;
-pub mod origin;
+pub mod node;
 pub mod play;
+pub mod proxy;
 pub mod raw_rtmp;
 pub mod synth;
 pub mod tools;
@@ -44,7 +52,12 @@ pub mod tools;
 pub use check::{assert_playback, frame_summary, PlaybackCheck};
 pub use flv_player::FlvPlayer;
 pub use nix::sys::signal::Signal;
-pub use origin::{pid_alive, signal_pid, Origin, OriginBuilder, Ports};
+/// The launcher's former name, kept so `baton_tests::origin::...` paths
+/// still resolve.
+pub use node as origin;
+pub use node::{
+    pid_alive, signal_pid, Edge, Node, NodeBuilder, Origin, OriginBuilder, Ports, Role,
+};
 pub use synth::{frame_index, Synth, SynthConfig};
 
 use std::future::Future;

@@ -1,21 +1,32 @@
-//! Running a real `baton-origin` for a test.
+//! Running a real Baton process — an origin or an edge — for a test.
 //!
-//! [`Origin::start`] picks free loopback ports, gives the process its own
-//! temp dir (PID file, control sockets, log), clears inherited `BATON_*`
-//! variables so the developer's environment cannot change a test, captures
-//! stderr to `origin.log` in that dir, and returns once `GET /healthz`
-//! answers 200. [`OriginBuilder`] covers the rest: extra flags or
-//! environment, fixed ports (to start a second process on the same ones),
-//! not waiting for health (bad-config tests).
+//! Both roles take the same core command line (`--rtmp`, `--http`, `--api`,
+//! `--pid-file`, `--control-dir`), serve `/healthz` on the API listener and
+//! are stopped, upgraded and killed the same way, so one launcher serves
+//! both: a [`Role`] only picks the binary, the temp dir prefix, the log and
+//! PID file names and the labels in messages. Failover tests start origins
+//! and edges side by side and get identical process control for each.
 //!
-//! Process control for lifecycle tests: [`Origin::signal`] records when a
-//! signal was sent and [`Origin::wait_exit`] returns the exit status with
-//! the time since that signal. Processes started by the origin itself
-//! (upgrade successors) are found through the PID file and `/proc` (their
-//! command line names this origin's temp dir) and killed on drop, so no
-//! test leaks a server. On a panicking drop the log tail is printed (and
-//! with `BATON_TESTS_KEEP=1` the temp dir is kept); `BATON_TESTS_LOG=1`
-//! prints every origin's whole log when it is dropped.
+//! [`Node::start`] (alias [`Origin::start`]) picks free loopback ports,
+//! gives the process its own temp dir (PID file, control sockets, log),
+//! clears inherited `BATON_*` variables so the developer's environment
+//! cannot change a test, captures stderr to `origin.log` / `edge.log` in
+//! that dir, and returns once `GET /healthz` answers 200. [`NodeBuilder`]
+//! covers the rest: extra flags or environment, fixed ports (to start a
+//! second process on the same ones), not waiting for health (bad-config
+//! tests), and for edges the upstream flags ([`NodeBuilder::origin`],
+//! [`NodeBuilder::origin_dns`], [`NodeBuilder::dns_server`], ...).
+//!
+//! Process control for lifecycle and failover tests: [`Node::signal`]
+//! records when a signal was sent and [`Node::wait_exit`] returns the exit
+//! status with the time since that signal; [`Node::freeze`] / [`Node::thaw`]
+//! stop and resume the process (SIGSTOP / SIGCONT: a hung server whose
+//! sockets stay open). Processes started by the node itself (upgrade
+//! successors) are found through `/proc` (their command line names this
+//! node's temp dir) and killed on drop, so no test leaks a server. On a
+//! panicking drop the log tail is printed (and with `BATON_TESTS_KEEP=1`
+//! the temp dir is kept); `BATON_TESTS_LOG=1` prints every node's whole log
+//! when it is dropped.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -28,13 +39,53 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use crate::binaries::origin_bin;
+use crate::binaries::{edge_bin, origin_bin};
 use crate::http::{self, HttpResponse};
 
-/// How long [`Origin::start`] waits for `/healthz`.
+/// How long [`NodeBuilder::start`] waits for `/healthz`.
 pub const HEALTHY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The three listening addresses of an origin.
+/// Which Baton binary a [`Node`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    #[default]
+    Origin,
+    Edge,
+}
+
+impl Role {
+    /// `origin` / `edge`: used in file names and messages.
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Origin => "origin",
+            Role::Edge => "edge",
+        }
+    }
+
+    /// The binary under test for this role (built if missing).
+    pub fn binary(self) -> PathBuf {
+        match self {
+            Role::Origin => origin_bin(),
+            Role::Edge => edge_bin(),
+        }
+    }
+
+    fn dir_prefix(self) -> String {
+        format!("baton-{}-", self.label())
+    }
+}
+
+/// An origin is a [`Node`] started with [`Role::Origin`]; existing tests
+/// use this name.
+pub type Origin = Node;
+/// The builder of [`Origin::builder`].
+pub type OriginBuilder = NodeBuilder;
+/// An edge: a [`Node`] started with [`Role::Edge`] (see
+/// [`Node::edge_builder`]; note that `Edge::builder()` is the origin
+/// builder, as for any alias of `Node`).
+pub type Edge = Node;
+
+/// The three listening addresses of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ports {
     pub rtmp: SocketAddr,
@@ -57,9 +108,11 @@ impl Ports {
     }
 }
 
-/// Options for starting an origin; see [`Origin::builder`].
+/// Options for starting a node; see [`Node::builder`] and
+/// [`Node::edge_builder`].
 #[derive(Debug, Clone, Default)]
-pub struct OriginBuilder {
+pub struct NodeBuilder {
+    role: Role,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     ports: Option<Ports>,
@@ -67,7 +120,19 @@ pub struct OriginBuilder {
     binary: Option<PathBuf>,
 }
 
-impl OriginBuilder {
+impl NodeBuilder {
+    /// A builder for `role` with no extra flags.
+    pub fn new(role: Role) -> Self {
+        NodeBuilder {
+            role,
+            ..NodeBuilder::default()
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
     pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
         self.args.push(arg.into());
         self
@@ -103,32 +168,103 @@ impl OriginBuilder {
         self
     }
 
-    /// Run this binary instead of `target/<profile>/baton-origin` (e.g. a
-    /// copy that an upgrade test replaces).
+    /// Run this binary instead of `target/<profile>/baton-origin` (or
+    /// `baton-edge`), e.g. a copy that an upgrade test replaces.
     pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
         self.binary = Some(path.into());
         self
     }
 
+    /// Edge: pull from / forward to `origin`
+    /// (`--origin RTMP_ADDR,api=API_ADDR`). Repeatable, in preference order.
+    pub fn origin(self, origin: &Node) -> Self {
+        self.origin_addr(origin.rtmp_addr(), Some(origin.api_addr()))
+    }
+
+    /// Edge: `--origin RTMP[,api=API]` for an address that need not be a
+    /// running [`Node`] (e.g. a [`crate::proxy::FaultProxy`] in front of
+    /// one, or a port nobody listens on).
+    pub fn origin_addr(self, rtmp: SocketAddr, api: Option<SocketAddr>) -> Self {
+        self.edge_only("--origin");
+        let value = match api {
+            Some(api) => format!("{rtmp},api={api}"),
+            None => rtmp.to_string(),
+        };
+        self.arg("--origin").arg(value)
+    }
+
+    /// Edge: `--origin-dns NAME:PORT[,api-port=N]`: discover origins by
+    /// resolving `name` (A records) on every (re)connection.
+    pub fn origin_dns(self, name: &str, rtmp_port: u16, api_port: Option<u16>) -> Self {
+        self.edge_only("--origin-dns");
+        let value = match api_port {
+            Some(api) => format!("{name}:{rtmp_port},api-port={api}"),
+            None => format!("{name}:{rtmp_port}"),
+        };
+        self.arg("--origin-dns").arg(value)
+    }
+
+    /// Edge: `--dns-server IP:PORT`: the nameserver to query instead of the
+    /// system's (a [`crate::dns::TestDns`]).
+    pub fn dns_server(self, addr: SocketAddr) -> Self {
+        self.edge_only("--dns-server");
+        self.arg("--dns-server").arg(addr.to_string())
+    }
+
+    /// Edge: `--upstream-stall-timeout`.
+    pub fn upstream_stall_timeout(self, value: Duration) -> Self {
+        self.duration_flag("--upstream-stall-timeout", value)
+    }
+
+    /// Edge: `--upstream-outage-max`.
+    pub fn upstream_outage_max(self, value: Duration) -> Self {
+        self.duration_flag("--upstream-outage-max", value)
+    }
+
+    /// Edge: `--pull-linger`.
+    pub fn pull_linger(self, value: Duration) -> Self {
+        self.duration_flag("--pull-linger", value)
+    }
+
+    /// Edge: `--publish-buffer`.
+    pub fn publish_buffer(self, value: Duration) -> Self {
+        self.duration_flag("--publish-buffer", value)
+    }
+
+    /// `flag NNNms` (the servers' duration syntax).
+    fn duration_flag(self, flag: &str, value: Duration) -> Self {
+        self.edge_only(flag);
+        self.arg(flag).arg(format!("{}ms", value.as_millis()))
+    }
+
+    fn edge_only(&self, flag: &str) {
+        assert_eq!(
+            self.role,
+            Role::Edge,
+            "{flag} is an edge flag; use Node::edge_builder()"
+        );
+    }
+
     /// Start and wait for `/healthz` (fresh ports are retried up to three
     /// times if the process fails to bind them).
-    pub async fn start(self) -> Origin {
+    pub async fn start(self) -> Node {
         let attempts = if self.ports.is_some() { 1 } else { 3 };
         for attempt in 1..=attempts {
-            let mut origin = self.clone().spawn();
-            match origin.wait_healthy(HEALTHY_TIMEOUT).await {
-                Ok(()) => return origin,
+            let mut node = self.clone().spawn();
+            match node.wait_healthy(HEALTHY_TIMEOUT).await {
+                Ok(()) => return node,
                 Err(why) => {
-                    let log = origin.log();
-                    let bind_race = log.contains("in use") && origin.try_exit_status().is_some();
+                    let label = node.role.label();
+                    let log = node.log();
+                    let bind_race = log.contains("in use") && node.try_exit_status().is_some();
                     if bind_race && attempt < attempts {
-                        eprintln!("baton-tests: origin lost a port race, retrying: {why}");
+                        eprintln!("baton-tests: {label} lost a port race, retrying: {why}");
                         continue;
                     }
                     panic!(
-                        "origin did not become healthy: {why}\ncommand: {:?}\n--- origin log tail ---\n{}",
-                        origin.command_line,
-                        origin.log_tail(60)
+                        "{label} did not become healthy: {why}\ncommand: {:?}\n--- {label} log tail ---\n{}",
+                        node.command_line,
+                        node.log_tail(60)
                     );
                 }
             }
@@ -137,12 +273,14 @@ impl OriginBuilder {
     }
 
     /// Spawn without waiting for health (for tests of start-up failures).
-    pub fn spawn(self) -> Origin {
+    pub fn spawn(self) -> Node {
+        let role = self.role;
+        let label = role.label();
         let (tempdir, dir) = match self.dir {
             Some(dir) => (None, dir),
             None => {
                 let t = tempfile::Builder::new()
-                    .prefix("baton-origin-")
+                    .prefix(&role.dir_prefix())
                     .tempdir()
                     .expect("creating a temp dir");
                 let path = t.path().to_path_buf();
@@ -150,12 +288,13 @@ impl OriginBuilder {
             }
         };
         let ports = self.ports.unwrap_or_else(Ports::free);
-        let pid_file = dir.join("origin.pid");
+        let pid_file = dir.join(format!("{label}.pid"));
         let control_dir = dir.join("control");
         std::fs::create_dir_all(&control_dir).expect("creating the control dir");
-        let log_path = unique_log_path(&dir);
-        let log = File::create(&log_path).expect("creating the origin log file");
-        let binary = self.binary.unwrap_or_else(origin_bin);
+        let log_path = unique_log_path(&dir, label);
+        let log = File::create(&log_path)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", log_path.display()));
+        let binary = self.binary.unwrap_or_else(|| role.binary());
         let mut cmd = Command::new(&binary);
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("BATON_") {
@@ -184,7 +323,8 @@ impl OriginBuilder {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
-        Origin {
+        Node {
+            role,
             child,
             _tempdir: tempdir,
             dir,
@@ -199,13 +339,13 @@ impl OriginBuilder {
     }
 }
 
-fn unique_log_path(dir: &Path) -> PathBuf {
-    let first = dir.join("origin.log");
+fn unique_log_path(dir: &Path, label: &str) -> PathBuf {
+    let first = dir.join(format!("{label}.log"));
     if !first.exists() {
         return first;
     }
     (2..)
-        .map(|i| dir.join(format!("origin-{i}.log")))
+        .map(|i| dir.join(format!("{label}-{i}.log")))
         .find(|p| !p.exists())
         .expect("some free log name")
 }
@@ -217,8 +357,9 @@ fn join_args(args: &[OsString]) -> String {
         .join(" ")
 }
 
-/// A running (or exited) `baton-origin` process.
-pub struct Origin {
+/// A running (or exited) `baton-origin` or `baton-edge` process.
+pub struct Node {
+    role: Role,
     child: Child,
     _tempdir: Option<tempfile::TempDir>,
     dir: PathBuf,
@@ -231,18 +372,39 @@ pub struct Origin {
     exit: Option<ExitStatus>,
 }
 
-impl Origin {
-    /// Starts an origin with `extra_args` on fresh loopback ports and waits
-    /// until it is healthy.
-    pub async fn start(extra_args: &[&str]) -> Origin {
+impl Node {
+    /// Starts an **origin** with `extra_args` on fresh loopback ports and
+    /// waits until it is healthy.
+    pub async fn start(extra_args: &[&str]) -> Node {
         Self::builder()
             .args(extra_args.iter().copied())
             .start()
             .await
     }
 
-    pub fn builder() -> OriginBuilder {
-        OriginBuilder::default()
+    /// A builder for an **origin** (the name existing tests use).
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder::new(Role::Origin)
+    }
+
+    /// A builder for an edge; add upstreams with [`NodeBuilder::origin`]
+    /// and friends.
+    pub fn edge_builder() -> NodeBuilder {
+        NodeBuilder::new(Role::Edge)
+    }
+
+    /// Starts an edge in front of `origins` (in preference order) with
+    /// `extra_args` and waits until it is healthy.
+    pub async fn start_edge(origins: &[&Node], extra_args: &[&str]) -> Node {
+        let mut builder = Self::edge_builder();
+        for origin in origins {
+            builder = builder.origin(origin);
+        }
+        builder.args(extra_args.iter().copied()).start().await
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
     }
 
     pub fn ports(&self) -> Ports {
@@ -303,7 +465,7 @@ impl Origin {
         &self.control_dir
     }
 
-    /// The origin's temp dir (PID file, control dir and log live here).
+    /// The node's temp dir (PID file, control dir and log live here).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -335,7 +497,8 @@ impl Origin {
     pub async fn api_get(&self, path: &str) -> HttpResponse {
         http::get(&self.api_url(path)).await.unwrap_or_else(|e| {
             panic!(
-                "GET {path}: {e:#}\n--- origin log tail ---\n{}",
+                "GET {path}: {e:#}\n--- {} log tail ---\n{}",
+                self.role.label(),
                 self.log_tail(40)
             )
         })
@@ -408,7 +571,23 @@ impl Origin {
             .unwrap_or_else(|e| panic!("kill -{signal} {}: {e}", self.pid()));
     }
 
-    /// When the last [`Origin::signal`] was sent.
+    /// Stops the process with SIGSTOP: it keeps its sockets open but
+    /// neither reads nor writes (a hung server, or a host that vanished
+    /// without closing anything). Unlike [`Node::signal`] this does not
+    /// move the reference point of [`Node::wait_exit`]. Dropping a frozen
+    /// node still kills it (SIGKILL ends a stopped process).
+    pub fn freeze(&mut self) {
+        signal_pid(self.pid(), Signal::SIGSTOP)
+            .unwrap_or_else(|e| panic!("kill -STOP {}: {e}", self.pid()));
+    }
+
+    /// Resumes a [`Node::freeze`]d process (SIGCONT).
+    pub fn thaw(&mut self) {
+        signal_pid(self.pid(), Signal::SIGCONT)
+            .unwrap_or_else(|e| panic!("kill -CONT {}: {e}", self.pid()));
+    }
+
+    /// When the last [`Node::signal`] was sent.
     pub fn signalled_at(&self) -> Option<Instant> {
         self.signalled_at
     }
@@ -442,20 +621,21 @@ impl Origin {
         }
     }
 
-    /// [`Origin::wait_exit`] that panics (with the log tail) on timeout.
+    /// [`Node::wait_exit`] that panics (with the log tail) on timeout.
     pub async fn expect_exit(&mut self, limit: Duration) -> (ExitStatus, Duration) {
         match self.wait_exit(limit).await {
             Some(exit) => exit,
             None => panic!(
-                "origin (pid {}) still running {limit:?} after waiting\n--- origin log tail ---\n{}",
+                "{label} (pid {}) still running {limit:?} after waiting\n--- {label} log tail ---\n{}",
                 self.pid(),
-                self.log_tail(40)
+                self.log_tail(40),
+                label = self.role.label(),
             ),
         }
     }
 
-    /// Other live processes whose command line mentions this origin's
-    /// temp dir: upgrade successors it started.
+    /// Other live processes whose command line mentions this node's temp
+    /// dir: upgrade successors it started.
     pub fn descendants(&self) -> Vec<u32> {
         let own = self.pid();
         let needle = self.dir.to_string_lossy().into_owned();
@@ -512,8 +692,9 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
-impl Drop for Origin {
+impl Drop for Node {
     fn drop(&mut self) {
+        let label = self.role.label();
         let others = self.descendants();
         self.kill();
         for pid in others {
@@ -521,14 +702,14 @@ impl Drop for Origin {
         }
         if std::env::var_os("BATON_TESTS_LOG").is_some() && !std::thread::panicking() {
             eprintln!(
-                "--- origin log ({}) ---\n{}",
+                "--- {label} log ({}) ---\n{}",
                 self.log_path.display(),
                 self.log()
             );
         }
         if std::thread::panicking() {
             eprintln!(
-                "--- origin log tail ({}, pid {}) ---\n{}\n--- end of origin log ---",
+                "--- {label} log tail ({}, pid {}) ---\n{}\n--- end of {label} log ---",
                 self.log_path.display(),
                 self.child.id(),
                 self.log_tail(80)
