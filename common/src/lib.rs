@@ -16,4 +16,5 @@ pub mod lifecycle;
 pub mod rtmp;
 pub mod sdnotify;
 pub mod serve;
+pub mod splice;
 pub mod telemetry;

@@ -163,7 +163,16 @@ impl Hub {
     /// Attach a player. The source is created if it does not exist yet, so
     /// a player may wait for a publisher (the caller bounds that wait).
     pub fn subscribe(&self, key: &StreamKey) -> Subscriber {
-        Subscriber::join(self.source_or_create(key))
+        Subscriber::join(self.source_or_create(key), None)
+    }
+
+    /// Attach a player that already has the stream up to timestamp
+    /// `resume_after` (an edge re-attaching after a failover): it starts at
+    /// the latest cached keyframe at or before that point, so it misses
+    /// nothing, and drops what it already has itself. Without such a
+    /// keyframe it starts like any player.
+    pub fn subscribe_resuming(&self, key: &StreamKey, resume_after: Option<u32>) -> Subscriber {
+        Subscriber::join(self.source_or_create(key), resume_after)
     }
 
     pub fn source(&self, key: &StreamKey) -> Option<Arc<Source>> {

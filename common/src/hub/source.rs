@@ -43,6 +43,9 @@ pub(crate) struct Entry {
 pub struct PublisherInfo {
     pub client_id: u64,
     pub peer: SocketAddr,
+    /// The publish's timeline id, announced to players (an edge passes
+    /// its publisher's id on to the origin, so it survives failovers).
+    pub timeline: String,
 }
 
 #[derive(Debug)]
@@ -77,6 +80,24 @@ impl SourceState {
     pub fn entry(&self, seq: u64) -> Option<&Entry> {
         let index = seq.checked_sub(self.base_seq)?;
         self.ring.get(usize::try_from(index).ok()?)
+    }
+
+    /// The latest keyframe of the current publish whose timestamp is at
+    /// most `ts`, if the ring still holds one: where a player that already
+    /// has everything up to `ts` (an edge re-attaching after a failover)
+    /// resumes without a gap. Never reaches back past the publish start.
+    pub fn keyframe_at_or_before(&self, ts: u32) -> Option<u64> {
+        self.publisher.as_ref()?;
+        for (index, entry) in self.ring.iter().enumerate().rev() {
+            match &entry.item {
+                HubItem::Frame(f) if f.frame.is_keyframe() && f.frame.timestamp <= ts => {
+                    return Some(self.base_seq + index as u64);
+                }
+                HubItem::Published | HubItem::Unpublished => return None,
+                HubItem::Frame(_) => {}
+            }
+        }
+        None
     }
 
     /// The headers a player needs before its first picture.
@@ -216,6 +237,16 @@ impl Source {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Players attached now (edges watch this to end idle pulls).
+    pub fn player_count(&self) -> usize {
+        self.lock().players
+    }
+
+    /// The current publish's timeline id.
+    pub fn timeline(&self) -> Option<String> {
+        self.lock().publisher.as_ref().map(|p| p.timeline.clone())
     }
 
     pub fn is_publishing(&self) -> bool {

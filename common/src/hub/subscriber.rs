@@ -41,11 +41,15 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
-    pub(crate) fn join(source: Arc<Source>) -> Self {
+    pub(crate) fn join(source: Arc<Source>, resume_after: Option<u32>) -> Self {
         source.add_player();
         let state = source.lock();
         let mut pending: Vec<HubItem> = Vec::new();
-        let (cursor, awaiting_keyframe) = if state.publisher.is_some() {
+        let resume_at = resume_after.and_then(|ts| state.keyframe_at_or_before(ts));
+        let (cursor, awaiting_keyframe) = if let Some(seq) = resume_at {
+            pending.extend(state.headers());
+            (seq, false)
+        } else if state.publisher.is_some() {
             let awaiting = state.gop_start.is_none() && state.has_video;
             // A player waiting for a keyframe gets the headers with it.
             if !awaiting {

@@ -14,6 +14,7 @@ fn publisher_info() -> PublisherInfo {
     PublisherInfo {
         client_id: 1,
         peer: SocketAddr::from(([127, 0, 0, 1], 5000)),
+        timeline: "t".into(),
     }
 }
 

@@ -221,13 +221,8 @@ async fn play(key: StreamKey, ctx: Arc<ServerContext>, guard: Arc<ClientGuard>) 
     span.record("stream", tracing::field::display(&key));
     span.record("role", "player");
     guard.set_role(ClientRole::Player, Some(key.clone()));
-    let subscriber = ctx.streams.subscribe(&key);
-    let mut playback = Playback::new(
-        subscriber,
-        ctx.shutdown.clone(),
-        guard.entry().kick.clone(),
-        ctx.settings.play_wait_timeout,
-    );
+    let subscriber = ctx.streams.subscribe(&key, None);
+    let mut playback = Playback::new(&ctx, subscriber, guard.entry().kick.clone());
     // Hold the response until there is a publisher (bounded), so a missing
     // stream is a 404 rather than an empty 200.
     let mut first = Vec::new();

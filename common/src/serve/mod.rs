@@ -47,8 +47,18 @@ pub trait StreamDirectory: Send + Sync + 'static {
     fn publish(&self, key: StreamKey, publisher: PublisherInfo) -> Result<Publisher, PublishError>;
 
     /// Attach a player to `key` (it may wait for the stream to appear; the
-    /// caller bounds that wait with `play_wait_timeout`).
-    fn subscribe(&self, key: &StreamKey) -> Subscriber;
+    /// caller bounds that wait with `play_wait_timeout`). `resume_after`:
+    /// the player already has the stream up to this timestamp (an edge
+    /// re-attaching after a failover asks with `?baton_resume=TS`).
+    fn subscribe(&self, key: &StreamKey, resume_after: Option<u32>) -> Subscriber;
+
+    /// Whether a player's play ends when its stream is unpublished. The
+    /// origin keeps players waiting for the next publisher (bounded by
+    /// `play_wait_timeout`); the edge has already held them through the
+    /// upstream outage (`upstream_outage_max`) before it unpublishes.
+    fn unpublish_ends_play(&self) -> bool {
+        false
+    }
 
     /// Role-specific state for the API: the edge lists its upstreams (which
     /// origin each stream comes from or goes to, since when, how many
@@ -64,9 +74,29 @@ impl StreamDirectory for Hub {
         Hub::publish(self, key, publisher)
     }
 
-    fn subscribe(&self, key: &StreamKey) -> Subscriber {
-        Hub::subscribe(self, key)
+    fn subscribe(&self, key: &StreamKey, resume_after: Option<u32>) -> Subscriber {
+        Hub::subscribe_resuming(self, key, resume_after)
     }
+}
+
+/// The query parameter an edge adds to its upstream play to resume after
+/// the last timestamp it delivered.
+pub const RESUME_PARAM: &str = "baton_resume";
+
+/// The query parameter an edge adds to its upstream publish so the origin
+/// announces the edge publisher's timeline id (not a new one).
+pub const TIMELINE_PARAM: &str = "baton_timeline";
+
+/// The value of `name` in a `a=1&b=2` query string.
+pub fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// `baton_resume=TS` from a play request's query string.
+pub fn resume_after(query: Option<&str>) -> Option<u32> {
+    query_param(query, RESUME_PARAM)?.parse().ok()
 }
 
 /// Everything the servers of one process share.

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use crate::hub::{HubItem, SubscribeError, Subscriber};
 use crate::lifecycle::Shutdown;
+
+use super::ServerContext;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -34,24 +36,23 @@ pub struct Playback {
     shutdown: Shutdown,
     kick: CancellationToken,
     play_wait_timeout: Duration,
+    /// End the play at the first unpublish (see
+    /// [`super::StreamDirectory::unpublish_ends_play`]).
+    unpublish_ends_play: bool,
     /// When the stream lost (or never had) its publisher.
     unpublished_since: Option<Instant>,
     closing_since: Option<Instant>,
 }
 
 impl Playback {
-    pub fn new(
-        subscriber: Subscriber,
-        shutdown: Shutdown,
-        kick: CancellationToken,
-        play_wait_timeout: Duration,
-    ) -> Self {
+    pub fn new(ctx: &ServerContext, subscriber: Subscriber, kick: CancellationToken) -> Self {
         let published = subscriber.source().is_publishing();
         Playback {
             subscriber,
-            shutdown,
+            shutdown: ctx.shutdown.clone(),
             kick,
-            play_wait_timeout,
+            play_wait_timeout: ctx.settings.play_wait_timeout,
+            unpublish_ends_play: ctx.streams.unpublish_ends_play(),
             unpublished_since: (!published).then(Instant::now),
             closing_since: None,
         }
@@ -81,6 +82,15 @@ impl Playback {
                 _ = sleep_until_opt(wait_deadline) => return Ok(Step::Stop("no publisher within play_wait_timeout")),
                 _ = sleep_until_opt(closing_deadline) => return Ok(Step::Stop("drain deadline")),
                 result = self.subscriber.next_batch(&mut items, MAX_BATCH) => result?,
+            }
+            if self.unpublish_ends_play && !self.is_waiting_for_publisher() {
+                if let Some(at) = items.iter().position(|i| matches!(i, HubItem::Unpublished)) {
+                    items.truncate(at + 1);
+                    return Ok(Step::Items {
+                        items,
+                        then_stop: Some("stream ended upstream"),
+                    });
+                }
             }
             for item in &items {
                 match item {

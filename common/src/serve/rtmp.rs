@@ -75,8 +75,17 @@ struct Connection {
 
 /// What the client asked for once connected.
 enum Intent {
-    Publish { stream_id: u32, key: StreamKey },
-    Play { stream_id: u32, key: StreamKey },
+    Publish {
+        stream_id: u32,
+        key: StreamKey,
+        /// `?baton_timeline=ID` from an edge forwarding its publisher.
+        timeline: Option<String>,
+    },
+    Play {
+        stream_id: u32,
+        key: StreamKey,
+        resume_after: Option<u32>,
+    },
 }
 
 impl Connection {
@@ -110,8 +119,16 @@ impl Connection {
             return Ok("peer closed before publish or play");
         };
         match intent {
-            Intent::Publish { stream_id, key } => self.publish(stream_id, key).await,
-            Intent::Play { stream_id, key } => self.play(stream_id, key).await,
+            Intent::Publish {
+                stream_id,
+                key,
+                timeline,
+            } => self.publish(stream_id, key, timeline).await,
+            Intent::Play {
+                stream_id,
+                key,
+                resume_after,
+            } => self.play(stream_id, key, resume_after).await,
         }
     }
 
@@ -164,18 +181,31 @@ impl Connection {
                         tracing::info!(app, tc_url = tc_url.as_deref().unwrap_or(""), "connect");
                     }
                     ServerEvent::PublishRequested {
-                        stream_id, stream, ..
+                        stream_id,
+                        stream,
+                        query,
                     } => {
                         let key = self.stream_key(&stream)?;
                         self.flush_session().await?;
-                        return Ok(Some(Intent::Publish { stream_id, key }));
+                        return Ok(Some(Intent::Publish {
+                            stream_id,
+                            key,
+                            timeline: super::query_param(query.as_deref(), super::TIMELINE_PARAM)
+                                .map(str::to_owned),
+                        }));
                     }
                     ServerEvent::PlayRequested {
-                        stream_id, stream, ..
+                        stream_id,
+                        stream,
+                        query,
                     } => {
                         let key = self.stream_key(&stream)?;
                         self.flush_session().await?;
-                        return Ok(Some(Intent::Play { stream_id, key }));
+                        return Ok(Some(Intent::Play {
+                            stream_id,
+                            key,
+                            resume_after: super::resume_after(query.as_deref()),
+                        }));
                     }
                     other => tracing::debug!(?other, "ignored before publish/play"),
                 }
@@ -195,13 +225,23 @@ impl Connection {
         Ok(StreamKey::new(app, stream))
     }
 
-    async fn publish(mut self, stream_id: u32, key: StreamKey) -> anyhow::Result<&'static str> {
+    async fn publish(
+        mut self,
+        stream_id: u32,
+        key: StreamKey,
+        timeline: Option<String>,
+    ) -> anyhow::Result<&'static str> {
         let span = tracing::Span::current();
         span.record("stream", tracing::field::display(&key));
         span.record("role", "publisher");
+        // The publish's timeline: kept from an upstream edge, else new.
+        let info_timeline = timeline
+            .filter(|id| !id.is_empty() && id.len() <= 64)
+            .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
         let info = PublisherInfo {
             client_id: self.guard.id(),
             peer: self.guard.entry().peer,
+            timeline: info_timeline.clone(),
         };
         let publisher = match self.ctx.streams.publish(key.clone(), info) {
             Ok(publisher) => publisher,
@@ -219,7 +259,7 @@ impl Connection {
         self.guard.set_role(ClientRole::Publisher, Some(key));
         self.session.accept_publish(stream_id);
         self.flush_session().await?;
-        tracing::info!("publish started");
+        tracing::info!(timeline = %info_timeline, "publish started");
 
         let idle = self.ctx.settings.publish_idle_timeout;
         let (close_all, kick) = self.stop_tokens();
@@ -262,20 +302,21 @@ impl Connection {
         }
     }
 
-    async fn play(mut self, stream_id: u32, key: StreamKey) -> anyhow::Result<&'static str> {
+    async fn play(
+        mut self,
+        stream_id: u32,
+        key: StreamKey,
+        resume_after: Option<u32>,
+    ) -> anyhow::Result<&'static str> {
         let span = tracing::Span::current();
         span.record("stream", tracing::field::display(&key));
         span.record("role", "player");
         self.guard.set_role(ClientRole::Player, Some(key.clone()));
-        let subscriber = self.ctx.streams.subscribe(&key);
-        let mut playback = Playback::new(
-            subscriber,
-            self.ctx.shutdown.clone(),
-            self.guard.entry().kick.clone(),
-            self.ctx.settings.play_wait_timeout,
-        );
+        let subscriber = self.ctx.streams.subscribe(&key, resume_after);
+        let mut playback = Playback::new(&self.ctx, subscriber, self.guard.entry().kick.clone());
         let mut started = !playback.is_waiting_for_publisher();
         if started {
+            self.session.set_timeline(playback.source().timeline());
             self.session.accept_play(stream_id);
             self.flush_session().await?;
             tracing::info!("play started");
@@ -337,6 +378,7 @@ impl Connection {
                         }
                     }
                     HubItem::Published => {
+                        self.session.set_timeline(source.timeline());
                         if started {
                             self.session.notify_publish(stream_id);
                         } else {

@@ -16,7 +16,9 @@ use crate::media::{MediaFrame, MediaKind};
 use crate::rtmp::handshake::{ClientHandshake, HandshakeStatus};
 use crate::rtmp::link::Link;
 use crate::rtmp::message::{RtmpMessage, UserControlEvent};
-use crate::rtmp::session::{frame_message, media_frames, SessionError, OUT_CHUNK_SIZE};
+use crate::rtmp::session::{
+    frame_message, media_frames, SessionError, OUT_CHUNK_SIZE, TIMELINE_KEY,
+};
 
 /// Buffer length announced to the server when playing.
 const PLAY_BUFFER_MILLIS: u32 = 3000;
@@ -39,6 +41,9 @@ pub enum ClientEvent {
         level: String,
         code: String,
         description: String,
+        /// The publish's timeline id a Baton server adds to
+        /// `NetStream.Play.Start` and `NetStream.Play.PublishNotify`.
+        timeline: Option<String>,
     },
     Media {
         stream_id: u32,
@@ -171,6 +176,14 @@ impl ClientSession {
             MediaKind::Audio | MediaKind::Video => frame_message(stream_id, frame),
         };
         self.link.outbox.send_raw(&raw);
+    }
+
+    /// A User Control ping; the server answers with a ping response, which
+    /// is how a quiet upstream proves it is alive.
+    pub fn ping(&mut self, time: u32) {
+        self.send(RtmpMessage::UserControl(UserControlEvent::PingRequest(
+            time,
+        )));
     }
 
     pub fn fc_unpublish(&mut self, name: &str) {
@@ -422,6 +435,10 @@ fn status_event(stream_id: u32, info: &Amf0Value) -> ClientEvent {
         level: text("level"),
         code: text("code"),
         description: text("description"),
+        timeline: info
+            .get(TIMELINE_KEY)
+            .and_then(Amf0Value::as_str)
+            .map(str::to_owned),
     }
 }
 
@@ -535,7 +552,8 @@ mod tests {
                 stream_id: 0,
                 level: "error".into(),
                 code: "NetConnection.Connect.Rejected".into(),
-                description: "No such app.".into()
+                description: "No such app.".into(),
+                timeline: None,
             }]
         );
     }

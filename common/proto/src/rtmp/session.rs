@@ -45,6 +45,11 @@ pub const OUT_CHUNK_SIZE: u32 = 60_000;
 pub const PLAY_STREAM_ID: u32 = 1;
 /// Window acknowledgement size assumed for a peer that announces none.
 pub const DEFAULT_WINDOW_ACK_SIZE: u32 = 2_500_000;
+/// The property of `NetStream.Play.Start` / `NetStream.Play.PublishNotify`
+/// naming the publish's timeline: a publish keeps its id across origins
+/// (an edge passes it on with `?baton_timeline=ID`), so an edge that moves
+/// between upstreams can tell a continuing timeline from a new publisher.
+pub const TIMELINE_KEY: &str = "batonTimeline";
 /// Set Peer Bandwidth limit type "dynamic".
 const LIMIT_TYPE_DYNAMIC: u8 = 2;
 
@@ -243,6 +248,8 @@ pub struct ServerSession {
     app: Option<String>,
     streams: BTreeMap<u32, StreamState>,
     ignored_media: u64,
+    /// Timeline id announced to players (see [`TIMELINE_KEY`]).
+    timeline: Option<String>,
 }
 
 impl ServerSession {
@@ -255,6 +262,7 @@ impl ServerSession {
             app: None,
             streams: BTreeMap::new(),
             ignored_media: 0,
+            timeline: None,
         }
     }
 
@@ -356,9 +364,8 @@ impl ServerSession {
             "NetStream.Play.Reset",
             &format!("Playing and resetting {name}."),
         );
-        self.send_status(
+        self.send_timeline_status(
             stream_id,
-            "status",
             "NetStream.Play.Start",
             &format!("Started playing {name}."),
         );
@@ -400,12 +407,30 @@ impl ServerSession {
         self.send(RtmpMessage::UserControl(UserControlEvent::StreamBegin(
             stream_id,
         )));
-        self.send_status(
+        self.send_timeline_status(
             stream_id,
-            "status",
             "NetStream.Play.PublishNotify",
             "The stream is published.",
         );
+    }
+
+    /// The timeline id the next `Play.Start` / `PublishNotify` announces.
+    pub fn set_timeline(&mut self, id: Option<String>) {
+        self.timeline = id;
+    }
+
+    fn send_timeline_status(&mut self, stream_id: u32, code: &str, description: &str) {
+        let mut info = info_object("status", code, description);
+        if let (Amf0Value::Object(pairs), Some(id)) = (&mut info, &self.timeline) {
+            pairs.push((TIMELINE_KEY.to_owned(), Amf0Value::string(id.clone())));
+        }
+        self.send(RtmpMessage::command(
+            stream_id,
+            "onStatus",
+            0.0,
+            Amf0Value::Null,
+            vec![info],
+        ));
     }
 
     pub fn send_status(&mut self, stream_id: u32, level: &str, code: &str, description: &str) {
@@ -979,7 +1004,8 @@ mod tests {
             stream_id,
             level: "error".into(),
             code: "NetStream.Play.StreamNotFound".into(),
-            description: "No such stream.".into()
+            description: "No such stream.".into(),
+            timeline: None,
         }));
         // The stream is idle again: a second play is allowed.
         client.play(stream_id, "other");
