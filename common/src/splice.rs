@@ -360,7 +360,7 @@ mod tests {
     /// Video frame `n` (keyframe every 10) at 40 ms per frame from `base`,
     /// its payload naming `n`.
     fn video(n: u32, base: u32) -> MediaFrame {
-        let kind = if n % 10 == 0 { 0x17 } else { 0x27 };
+        let kind = if n.is_multiple_of(10) { 0x17 } else { 0x27 };
         let mut payload = vec![kind, 1, 0, 0, 0];
         payload.extend_from_slice(&n.to_be_bytes());
         MediaFrame::new(MediaKind::Video, base + n * 40, Bytes::from(payload))
