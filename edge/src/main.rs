@@ -1,34 +1,100 @@
-//! `baton-edge`: the process every client will talk to, in front of the
-//! origins. It arrives with the edge issue (on-demand pull, publish
-//! forwarding, failover with spliced timelines); until then the binary
-//! exists so the workspace, packaging and CLI shape are in place, and it
-//! says plainly that it does not serve yet.
+//! `baton-edge`: the node every client talks to, in front of the origins.
+//!
+//! Its client side is the shared serving layer (`baton_common::serve`:
+//! the same URLs, limits, slow-player policy, drain and smooth upgrade as
+//! an origin); what is the edge's own is where streams come from and go
+//! to: `streams.rs` (the directory: pull on the first player, forward a
+//! publish), `origins.rs` (one health table: probes, failures, DNS),
+//! `locate.rs` (rendezvous order of origins per stream), `pull.rs` and
+//! `forward.rs` (the upstream tasks, failing over without the clients
+//! noticing), `upstream.rs` (the RTMP client glue), `retry.rs` (when to try
+//! which origin). `baton-edge stack` runs a local stack to try it all.
 
-use std::path::PathBuf;
+mod forward;
+mod locate;
+mod origins;
+mod pull;
+mod retry;
+mod settings;
+mod stack;
+mod status;
+mod streams;
+mod upstream;
+
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use clap::Parser;
+use baton_common::handover::Role;
+use baton_common::serve::process::{self, NodeCommand, Service};
+use baton_common::serve::settings::{Settings, SettingsArgs};
+use clap::{Parser, Subcommand};
+
+use settings::{EdgeArgs, EdgeSettings};
+use streams::{EdgeCore, EdgeDirectory};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "baton-edge",
     version,
-    about = "Baton edge (not implemented yet): will pull from origins and survive origin loss"
+    about = "Baton edge: clients connect here; streams are pulled from and forwarded to origins, \
+             and an origin can die, drain or upgrade without a client noticing",
+    after_help = "Signals: SIGTERM/SIGINT fast exit; SIGQUIT graceful exit; SIGUSR2 smooth upgrade.\n\
+                  Shared settings are top-level keys of the TOML file (--config); edge settings \
+                  go in its [edge] table."
 )]
 struct Cli {
-    /// PID file naming the serving generation (as for baton-origin).
-    #[arg(long, env = "BATON_PID_FILE")]
-    pid_file: Option<PathBuf>,
-    /// Origins to pull from (host:port of their RTMP listeners).
-    #[arg(long, env = "BATON_ORIGINS", value_delimiter = ',')]
-    origins: Vec<String>,
+    #[command(subcommand)]
+    command: Option<EdgeCommand>,
+    #[command(flatten)]
+    settings: SettingsArgs,
+    #[command(flatten)]
+    edge: EdgeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum EdgeCommand {
+    #[command(flatten)]
+    Node(NodeCommand),
+    /// Run a local stack on loopback: two origins behind one edge (built-in
+    /// defaults), printing where to publish and play and the origins' PIDs.
+    /// Kill an origin with -9 while you watch: nothing happens to the
+    /// stream (the stack restarts it). Ctrl-C stops everything.
+    Stack(stack::StackArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    eprintln!(
-        "baton-edge: the edge is not implemented yet (origins given: {}); run baton-origin directly",
-        cli.origins.len()
-    );
-    ExitCode::from(2)
+    let command = match cli.command {
+        Some(EdgeCommand::Stack(args)) => return stack::run(args),
+        Some(EdgeCommand::Node(command)) => Some(command),
+        None => None,
+    };
+    process::main(Role::Edge, command, || {
+        let settings = Settings::resolve(&cli.settings)?;
+        let file = cli.settings.with_file()?.edge;
+        let edge = EdgeSettings::resolve(&cli.edge, file.as_ref())?;
+        Ok((settings.clone(), service(settings, edge)))
+    })
+}
+
+/// The edge as a service for the shared process supervisor.
+fn service(settings: Settings, edge: EdgeSettings) -> Service {
+    Service {
+        role: Role::Edge,
+        directory: Box::new(move |hub, shutdown| {
+            let origins = origins::Origins::new(&edge);
+            tokio::spawn(origins.clone().probe_forever(edge.health_interval));
+            if let Some(dns) = edge.origin_dns.clone() {
+                tokio::spawn(origins.clone().resolve_forever(dns, edge.dns_server));
+            }
+            let core = Arc::new(EdgeCore {
+                hub: hub.clone(),
+                origins,
+                settings: edge,
+                shutdown: shutdown.clone(),
+                play_wait_timeout: settings.play_wait_timeout,
+            });
+            EdgeDirectory::new(core)
+        }),
+    }
 }

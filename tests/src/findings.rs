@@ -11,6 +11,11 @@ use crate::node::Node;
 pub struct Findings(Vec<String>);
 
 impl Findings {
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Record `what` unless `ok`.
     pub fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
         if !ok {

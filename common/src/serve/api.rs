@@ -116,6 +116,13 @@ async fn handle(req: Request<Incoming>, ctx: &ServerContext) -> Response<Full<By
                 None => error(StatusCode::NOT_FOUND, "no such stream"),
             },
         },
+        (Method::GET, ["api", "v1", "upstreams"]) => match ctx.streams.upstreams_json() {
+            Some(upstreams) => json_response(
+                StatusCode::OK,
+                json!({ "code": 0, "server": ctx.server_id(), "data": upstreams }),
+            ),
+            None => error(StatusCode::NOT_FOUND, "an origin has no upstreams"),
+        },
         (Method::GET, ["api", "v1", "clients"]) => {
             let clients: Vec<Value> = ctx
                 .clients
@@ -144,7 +151,7 @@ async fn handle(req: Request<Incoming>, ctx: &ServerContext) -> Response<Full<By
             },
         },
         (_, ["healthz" | "readyz" | "metrics"])
-        | (_, ["api", "v1", "versions" | "summaries" | "streams" | "clients"])
+        | (_, ["api", "v1", "versions" | "summaries" | "streams" | "clients" | "upstreams"])
         | (_, ["api", "v1", "streams", _]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }

@@ -1,0 +1,261 @@
+//! The edge's own settings, beside the shared ones (`baton_common::serve::
+//! settings`): where the origins are and how failover behaves. Declared
+//! once, as flags and as keys of the config file's `[edge]` table.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use baton_common::config::{overlay, ConfigError, HumanDuration};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+/// One origin as given on the command line: its RTMP address, and
+/// optionally its API address (for `/readyz` health and stream lookup):
+/// `HOST:PORT` or `HOST:PORT,api=HOST:PORT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct OriginAddr {
+    pub rtmp: SocketAddr,
+    pub api: Option<SocketAddr>,
+}
+
+impl FromStr for OriginAddr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut parts = text.split(',');
+        let rtmp = parse_addr(parts.next().unwrap_or_default())?;
+        let mut api = None;
+        for part in parts {
+            match part.split_once('=') {
+                Some(("api", addr)) => api = Some(parse_addr(addr)?),
+                _ => {
+                    return Err(format!(
+                        "unknown origin option {part:?} (expected api=HOST:PORT)"
+                    ))
+                }
+            }
+        }
+        Ok(OriginAddr { rtmp, api })
+    }
+}
+
+impl TryFrom<String> for OriginAddr {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl From<OriginAddr> for String {
+    fn from(origin: OriginAddr) -> String {
+        match origin.api {
+            Some(api) => format!("{},api={api}", origin.rtmp),
+            None => origin.rtmp.to_string(),
+        }
+    }
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let text = text.trim();
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    text.to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| format!("{text:?} is not HOST:PORT"))
+}
+
+/// `NAME:PORT[,api-port=N]`: every A/AAAA record of NAME is an origin
+/// with its RTMP listener on PORT (and its API on N).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct OriginDns {
+    pub name: String,
+    pub rtmp_port: u16,
+    pub api_port: Option<u16>,
+}
+
+impl FromStr for OriginDns {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut parts = text.split(',');
+        let first = parts.next().unwrap_or_default();
+        let (name, port) = first
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{first:?} is not NAME:PORT"))?;
+        let rtmp_port = port.parse().map_err(|_| format!("bad port in {first:?}"))?;
+        let mut api_port = None;
+        for part in parts {
+            match part.split_once('=') {
+                Some(("api-port", port)) => {
+                    api_port = Some(port.parse().map_err(|_| format!("bad api-port {port:?}"))?)
+                }
+                _ => return Err(format!("unknown option {part:?} (expected api-port=N)")),
+            }
+        }
+        if name.is_empty() {
+            return Err("empty DNS name".into());
+        }
+        Ok(OriginDns {
+            name: name.to_owned(),
+            rtmp_port,
+            api_port,
+        })
+    }
+}
+
+impl TryFrom<String> for OriginDns {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl From<OriginDns> for String {
+    fn from(dns: OriginDns) -> String {
+        match dns.api_port {
+            Some(port) => format!("{}:{},api-port={port}", dns.name, dns.rtmp_port),
+            None => format!("{}:{}", dns.name, dns.rtmp_port),
+        }
+    }
+}
+
+/// The edge's settings as flags and `[edge]` keys (all optional).
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeArgs {
+    /// An origin: its RTMP HOST:PORT, optionally with its API
+    /// (HOST:PORT,api=HOST:PORT). Repeat for each origin.
+    #[arg(long = "origin", env = "BATON_ORIGINS", value_delimiter = ' ')]
+    #[serde(rename = "origins", skip_serializing_if = "Vec::is_empty")]
+    pub origins: Vec<OriginAddr>,
+    /// Origins from DNS: NAME:PORT[,api-port=N]; every A/AAAA record is one,
+    /// re-resolved at the TTL and after failures (a Kubernetes headless Service).
+    #[arg(long, env = "BATON_ORIGIN_DNS")]
+    pub origin_dns: Option<OriginDns>,
+    /// Nameserver (IP:PORT) for --origin-dns instead of the system's. [default: system]
+    #[arg(long, env = "BATON_DNS_SERVER")]
+    pub dns_server: Option<SocketAddr>,
+    /// An upstream that sends nothing (pinged when quiet) for this long has failed. [default: 1s]
+    #[arg(long, env = "BATON_UPSTREAM_STALL_TIMEOUT")]
+    pub upstream_stall_timeout: Option<HumanDuration>,
+    /// With no origin serving a stream, players are held this long, then the stream ends. [default: 30s]
+    #[arg(long, env = "BATON_UPSTREAM_OUTAGE_MAX")]
+    pub upstream_outage_max: Option<HumanDuration>,
+    /// A pull ends this long after its last player left. [default: 5s]
+    #[arg(long, env = "BATON_PULL_LINGER")]
+    pub pull_linger: Option<HumanDuration>,
+    /// On a failover the publisher's frames are sent again from the keyframe
+    /// at or before this far back (what the lost origin may not have passed on). [default: 3s]
+    #[arg(long, env = "BATON_PUBLISH_BUFFER")]
+    pub publish_buffer: Option<HumanDuration>,
+    /// How often each origin's /readyz is probed. [default: 1s]
+    #[arg(long, env = "BATON_HEALTH_INTERVAL")]
+    pub health_interval: Option<HumanDuration>,
+}
+
+/// The resolved edge settings.
+#[derive(Debug, Clone)]
+pub struct EdgeSettings {
+    pub origins: Vec<OriginAddr>,
+    pub origin_dns: Option<OriginDns>,
+    pub dns_server: Option<SocketAddr>,
+    pub upstream_stall_timeout: Duration,
+    pub upstream_outage_max: Duration,
+    pub pull_linger: Duration,
+    pub publish_buffer: Duration,
+    pub health_interval: Duration,
+}
+
+impl EdgeSettings {
+    /// Flags over the `[edge]` table of the config file over defaults.
+    pub fn resolve(args: &EdgeArgs, file: Option<&toml::Table>) -> Result<Self, ConfigError> {
+        let merged = match file {
+            Some(table) => {
+                let from_file: EdgeArgs =
+                    table.clone().try_into().map_err(|e: toml::de::Error| {
+                        ConfigError::Setting {
+                            name: "[edge]",
+                            reason: e.message().to_string(),
+                        }
+                    })?;
+                overlay(args, &from_file)?
+            }
+            None => args.clone(),
+        };
+        let dur = |given: Option<HumanDuration>, default: Duration| {
+            given.map_or(default, HumanDuration::get)
+        };
+        let settings = EdgeSettings {
+            origins: merged.origins,
+            origin_dns: merged.origin_dns,
+            dns_server: merged.dns_server,
+            upstream_stall_timeout: dur(merged.upstream_stall_timeout, Duration::from_secs(1)),
+            upstream_outage_max: dur(merged.upstream_outage_max, Duration::from_secs(30)),
+            pull_linger: dur(merged.pull_linger, Duration::from_secs(5)),
+            publish_buffer: dur(merged.publish_buffer, Duration::from_secs(3)),
+            health_interval: dur(merged.health_interval, Duration::from_secs(1)),
+        };
+        if settings.origins.is_empty() && settings.origin_dns.is_none() {
+            return Err(ConfigError::Setting {
+                name: "origin",
+                reason: "an edge needs origins: --origin HOST:PORT[,api=HOST:PORT] (repeatable) \
+                         or --origin-dns NAME:PORT"
+                    .into(),
+            });
+        }
+        if settings.upstream_stall_timeout < Duration::from_millis(100) {
+            return Err(ConfigError::Setting {
+                name: "upstream_stall_timeout",
+                reason: "must be at least 100ms".into(),
+            });
+        }
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_syntax() {
+        let plain: OriginAddr = "127.0.0.1:1935".parse().unwrap();
+        assert_eq!(plain.rtmp.port(), 1935);
+        assert_eq!(plain.api, None);
+        let with_api: OriginAddr = "127.0.0.1:1935,api=127.0.0.1:1985".parse().unwrap();
+        assert_eq!(with_api.api.map(|a| a.port()), Some(1985));
+        assert_eq!(String::from(with_api), "127.0.0.1:1935,api=127.0.0.1:1985");
+        assert!("127.0.0.1:1935,web=1".parse::<OriginAddr>().is_err());
+        assert!("nowhere".parse::<OriginAddr>().is_err());
+        let dns: OriginDns = "origins.svc:1935,api-port=1985".parse().unwrap();
+        assert_eq!((dns.rtmp_port, dns.api_port), (1935, Some(1985)));
+    }
+
+    #[test]
+    fn an_edge_without_origins_is_refused() {
+        let err = EdgeSettings::resolve(&EdgeArgs::default(), None).unwrap_err();
+        assert!(err.to_string().contains("--origin"), "{err}");
+    }
+
+    #[test]
+    fn file_table_and_flags_merge() {
+        let table: toml::Table =
+            toml::from_str("origins = [\"127.0.0.1:2000\"]\nupstream_outage_max = \"10s\"\n")
+                .unwrap();
+        let args = EdgeArgs {
+            upstream_outage_max: Some("2s".parse().unwrap()),
+            ..EdgeArgs::default()
+        };
+        let s = EdgeSettings::resolve(&args, Some(&table)).unwrap();
+        assert_eq!(s.origins.len(), 1);
+        assert_eq!(s.upstream_outage_max, Duration::from_secs(2));
+        let bad: toml::Table = toml::from_str("origins = []\nstall = 1\n").unwrap();
+        assert!(EdgeSettings::resolve(&EdgeArgs::default(), Some(&bad)).is_err());
+    }
+}

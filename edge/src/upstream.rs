@@ -1,0 +1,246 @@
+//! One RTMP connection from the edge to an origin: the thin tokio glue
+//! around the sans-IO [`ClientSession`], with every wait bounded. Pulls
+//! play through it, forwards publish through it.
+//!
+//! Liveness: [`Upstream::next_event`] pings the origin when it has been
+//! quiet for a third of the stall timeout and fails once nothing at all
+//! (media, answers, ping responses) arrived for the whole timeout, so a
+//! frozen or blackholed origin is found in `upstream_stall_timeout`. Bytes
+//! the session cannot parse are an error like a reset: the caller treats
+//! the origin as failed.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use baton_common::hub::StreamKey;
+use baton_common::media::MediaFrame;
+use baton_common::rtmp::client_session::{ClientEvent, ClientSession};
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::settings::OriginAddr;
+
+const READ_RESERVE: usize = 64 * 1024;
+/// Output a publishing upstream may hold before a write is forced.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// A connected, stream-created RTMP connection to one origin.
+pub struct Upstream {
+    socket: TcpStream,
+    read_buf: BytesMut,
+    session: ClientSession,
+    pub stream_id: u32,
+    stall_timeout: Duration,
+    last_input: Instant,
+    pinged_at: Option<Instant>,
+}
+
+impl Upstream {
+    /// TCP connect, handshake, `connect(app)`, `createStream`, all within
+    /// `setup_timeout`.
+    pub async fn open(
+        origin: OriginAddr,
+        key: &StreamKey,
+        stall_timeout: Duration,
+        setup_timeout: Duration,
+    ) -> anyhow::Result<Upstream> {
+        tokio::time::timeout(setup_timeout, async {
+            let socket = TcpStream::connect(origin.rtmp)
+                .await
+                .with_context(|| format!("connecting to {}", origin.rtmp))?;
+            socket.set_nodelay(true)?;
+            let mut session = ClientSession::with_seed(rand::random());
+            let tc_url = format!("rtmp://{}/{}", origin.rtmp, key.app);
+            session.connect(&key.app, &tc_url);
+            session.create_stream();
+            let mut upstream = Upstream {
+                socket,
+                read_buf: BytesMut::with_capacity(READ_RESERVE),
+                session,
+                stream_id: 0,
+                stall_timeout,
+                last_input: Instant::now(),
+                pinged_at: None,
+            };
+            loop {
+                match upstream.next_event(None).await? {
+                    Some(ClientEvent::StreamCreated { stream_id }) => {
+                        upstream.stream_id = stream_id;
+                        return Ok(upstream);
+                    }
+                    Some(event) => fail_on_error(&event)?,
+                    None => {}
+                }
+            }
+        })
+        .await
+        .map_err(|_| anyhow!("no stream from {} within {setup_timeout:?}", origin.rtmp))?
+    }
+
+    /// `play(name?query)`; the origin answers (Play.Start) once the stream
+    /// is published there, which the caller sees as events.
+    pub async fn play(&mut self, name: &str) -> anyhow::Result<()> {
+        self.session.play(self.stream_id, name);
+        self.flush().await
+    }
+
+    /// `publish(name?query)` and wait for `NetStream.Publish.Start`.
+    pub async fn publish(&mut self, name: &str, limit: Duration) -> anyhow::Result<()> {
+        self.session.publish(self.stream_id, name);
+        tokio::time::timeout(limit, async {
+            loop {
+                match self.next_event(None).await? {
+                    Some(ClientEvent::Status { code, .. }) if code == "NetStream.Publish.Start" => {
+                        return Ok(());
+                    }
+                    Some(event) => fail_on_error(&event)?,
+                    None => {}
+                }
+            }
+        })
+        .await
+        .map_err(|_| anyhow!("publish not accepted within {limit:?}"))?
+    }
+
+    /// Queue one frame; writes when enough is pending.
+    pub async fn send(&mut self, frame: &MediaFrame) -> anyhow::Result<()> {
+        self.session.send_media(self.stream_id, frame);
+        if self.session.output_len() >= WRITE_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Write everything pending, failing if the origin accepts nothing for
+    /// the stall timeout.
+    pub async fn flush(&mut self) -> anyhow::Result<()> {
+        while let Some(bytes) = self.session.take_output() {
+            tokio::time::timeout(self.stall_timeout, self.socket.write_all(&bytes))
+                .await
+                .map_err(|_| anyhow!("origin accepted no data for {:?}", self.stall_timeout))?
+                .context("write to origin")?;
+        }
+        Ok(())
+    }
+
+    /// Ends a publish politely (FCUnpublish, deleteStream) before closing.
+    pub async fn unpublish(mut self, name: &str) {
+        self.session.fc_unpublish(name);
+        self.session.delete_stream(self.stream_id);
+        let _ = self.flush().await;
+        let _ = self.socket.shutdown().await;
+    }
+
+    /// The next event from the origin, pinging it when quiet; `None` at
+    /// `deadline` (so the caller can look at its own clocks); an error
+    /// when the origin closed, sent garbage, or stayed silent for the stall
+    /// timeout.
+    pub async fn next_event(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> anyhow::Result<Option<ClientEvent>> {
+        loop {
+            if let Some(event) = self.session.poll_event() {
+                return Ok(Some(event));
+            }
+            self.ping_if_quiet()?;
+            self.flush().await?;
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(None);
+            }
+            let wake = deadline.map_or(self.next_check(), |d| d.min(self.next_check()));
+            self.read_buf.reserve(READ_RESERVE);
+            tokio::select! {
+                read = self.socket.read_buf(&mut self.read_buf) => {
+                    let n = read.context("read from origin")?;
+                    if n == 0 {
+                        bail!("origin closed the connection");
+                    }
+                    self.last_input = Instant::now();
+                    self.session
+                        .handle_input(&mut self.read_buf)
+                        .map_err(|e| anyhow!("malformed data from origin: {e}"))?;
+                }
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    /// Queue a ping if the origin has been quiet for a third of the stall
+    /// timeout (once per quiet spell); an error once it was quiet for all
+    /// of it. Call [`Upstream::flush`] after.
+    pub fn ping_if_quiet(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        if now >= self.last_input + self.stall_timeout {
+            bail!("origin silent for {:?}", self.stall_timeout);
+        }
+        let pinged_this_spell = self.pinged_at.is_some_and(|t| t >= self.last_input);
+        if now >= self.last_input + self.stall_timeout / 3 && !pinged_this_spell {
+            self.session.ping(0);
+            self.pinged_at = Some(now);
+        }
+        Ok(())
+    }
+
+    /// When the liveness state next needs a look.
+    fn next_check(&self) -> Instant {
+        let pinged_this_spell = self.pinged_at.is_some_and(|t| t >= self.last_input);
+        if pinged_this_spell {
+            self.last_input + self.stall_timeout
+        } else {
+            (self.last_input + self.stall_timeout / 3)
+                .max(Instant::now() + Duration::from_millis(1))
+        }
+    }
+
+    /// Handle whatever the origin already sent, without waiting (a
+    /// publishing upstream calls this between writes to see resets,
+    /// statuses and stalls).
+    pub fn poll_ready(&mut self) -> anyhow::Result<Vec<ClientEvent>> {
+        loop {
+            self.read_buf.reserve(READ_RESERVE);
+            match self.socket.try_read_buf(&mut self.read_buf) {
+                Ok(0) => bail!("origin closed the connection"),
+                Ok(_) => {
+                    self.last_input = Instant::now();
+                    self.session
+                        .handle_input(&mut self.read_buf)
+                        .map_err(|e| anyhow!("malformed data from origin: {e}"))?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(anyhow!(e).context("read from origin")),
+            }
+        }
+        let mut events = Vec::new();
+        while let Some(event) = self.session.poll_event() {
+            events.push(event);
+        }
+        Ok(events)
+    }
+
+    /// Wait until the origin's socket is readable or the liveness state
+    /// needs a look. Cancel-safe (it only waits), for a select.
+    pub async fn readable(&self) -> anyhow::Result<()> {
+        tokio::select! {
+            ready = self.socket.readable() => ready.context("origin socket")?,
+            _ = tokio::time::sleep_until(self.next_check()) => {}
+        }
+        Ok(())
+    }
+}
+
+/// An error status from the origin as an error.
+pub fn fail_on_error(event: &ClientEvent) -> anyhow::Result<()> {
+    match event {
+        ClientEvent::Status {
+            level,
+            code,
+            description,
+            ..
+        } if level == "error" => bail!("origin refused: {code} ({description})"),
+        _ => Ok(()),
+    }
+}
