@@ -29,6 +29,13 @@ pub struct Shutdown {
     /// Every connection closes now (fast exit, or after players at the
     /// drain deadline).
     pub close_all: CancellationToken,
+    /// A drain began: clients that can reconnect (Enhanced RTMP's
+    /// reconnect request) are asked to, so they leave before the deadline
+    /// rather than at it.
+    pub reconnect: CancellationToken,
+    /// Whether they may reconnect to the same address (an upgrade's new
+    /// generation serves it) or should go elsewhere (a plain drain).
+    reconnect_here: Arc<AtomicBool>,
     ready: Arc<AtomicBool>,
     draining: Arc<AtomicBool>,
 }
@@ -44,6 +51,9 @@ pub struct DrainPlan {
     pub deadline: Option<Duration>,
     /// For the log: "SIGQUIT", "upgrade hand-over", ...
     pub reason: &'static str,
+    /// A successor serves the same listeners (an upgrade): clients asked
+    /// to reconnect may come back to the same address.
+    pub reconnect_here: bool,
 }
 
 /// How long players get to reach a keyframe boundary at the drain deadline
@@ -64,6 +74,11 @@ impl Shutdown {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// See [`Shutdown::reconnect`]: whether the same address still serves.
+    pub fn reconnect_here(&self) -> bool {
+        self.reconnect_here.load(Ordering::SeqCst)
     }
 
     /// Close everything now: stop accepting, tell every connection to end,
@@ -109,6 +124,11 @@ impl Shutdown {
         );
         tokio::time::sleep(plan.accept_for).await;
         self.stop_accepting.cancel();
+        // Only now: a client that reconnects at once must not land on
+        // this process's listeners again.
+        self.reconnect_here
+            .store(plan.reconnect_here, Ordering::SeqCst);
+        self.reconnect.cancel();
         let counts = clients.role_counts();
         tracing::info!(
             publishers = counts.publishers,
@@ -268,6 +288,7 @@ mod tests {
             final_wait: Duration::from_millis(3200),
             deadline: None,
             reason: "test",
+            reconnect_here: false,
         };
         let started = tokio::time::Instant::now();
         let drain = {
@@ -314,6 +335,7 @@ mod tests {
             final_wait: Duration::ZERO,
             deadline: Some(Duration::from_secs(10)),
             reason: "test",
+            reconnect_here: false,
         };
         let started = tokio::time::Instant::now();
         shutdown.drain(&plan, &clients).await;

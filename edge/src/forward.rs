@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use baton_common::hub::{HubItem, StreamKey, Subscriber};
 use baton_common::rtmp::client_session::ClientEvent;
+use baton_common::rtmp::session::RECONNECT_REQUEST;
 use baton_common::serve::TIMELINE_PARAM;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::locate::Purpose;
@@ -30,6 +32,12 @@ use crate::streams::EdgeCore;
 use crate::upstream::{fail_on_error, Upstream};
 
 const SETUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a pending planned move is looked at when nothing else wakes
+/// the forward.
+const MOVE_POLL: Duration = Duration::from_millis(10);
+
+/// A prepared next upstream: where, and the connection (publish accepted).
+type Prepared = Result<(OriginAddr, Upstream), String>;
 /// Most items taken from the hub per write.
 const MAX_BATCH: usize = 256;
 
@@ -114,36 +122,76 @@ impl Forward {
         self.sent.clear();
     }
 
-    async fn session(&mut self, origin: OriginAddr, picker: &mut OriginPicker) -> SessionEnd {
-        let stall = self.core.settings.upstream_stall_timeout;
-        let mut upstream = match Upstream::open(origin, &self.key, stall, SETUP_TIMEOUT).await {
+    /// Open `origin` and publish there under this publish's timeline id.
+    async fn open(
+        core: &EdgeCore,
+        key: &StreamKey,
+        timeline: &str,
+        origin: OriginAddr,
+    ) -> anyhow::Result<Upstream> {
+        let stall = core.settings.upstream_stall_timeout;
+        let mut upstream = Upstream::open(origin, key, stall, SETUP_TIMEOUT).await?;
+        let name = format!("{}?{TIMELINE_PARAM}={timeline}", key.stream);
+        upstream.publish(&name, SETUP_TIMEOUT).await?;
+        Ok(upstream)
+    }
+
+    async fn session(&mut self, first: OriginAddr, picker: &mut OriginPicker) -> SessionEnd {
+        let mut origin = first;
+        let mut upstream = match Self::open(&self.core, &self.key, &self.timeline, origin).await {
             Ok(upstream) => upstream,
             Err(error) => return SessionEnd::Failed(format!("{error:#}")),
         };
-        let name = format!("{}?{TIMELINE_PARAM}={}", self.key.stream, self.timeline);
-        if let Err(error) = upstream.publish(&name, SETUP_TIMEOUT).await {
-            return SessionEnd::Failed(format!("{error:#}"));
-        }
         tracing::info!(stream = %self.key, origin = %origin.rtmp, "forwarding the publish");
         self.status.serving(origin.rtmp);
         picker.succeeded();
         let mut items = Vec::with_capacity(MAX_BATCH);
+        // A make-before-break move under way (see `prepare_move`).
+        let mut next: Option<oneshot::Receiver<Prepared>> = None;
         loop {
+            if let Some(prepared) = next.as_mut().and_then(|rx| rx.try_recv().ok()) {
+                next = None;
+                match prepared {
+                    Ok((to, new_upstream)) => {
+                        tracing::info!(stream = %self.key, from = %origin.rtmp, to = %to.rtmp, "publish moved to the next upstream (make-before-break)");
+                        // Send the new origin what the old one may not have
+                        // passed on yet, then end the old publish politely.
+                        self.rewind();
+                        let old = std::mem::replace(&mut upstream, new_upstream);
+                        old.unpublish(&self.key.stream).await;
+                        origin = to;
+                        self.status.serving(origin.rtmp);
+                        metrics::counter!("baton_edge_planned_moves_total", "direction" => "forward").increment(1);
+                    }
+                    Err(error) => {
+                        tracing::warn!(stream = %self.key, error, "the planned move failed; staying until this upstream ends");
+                    }
+                }
+            }
             tokio::select! {
                 biased;
                 ready = upstream.readable() => {
                     if let Err(error) = ready {
                         return SessionEnd::Failed(format!("{error:#}"));
                     }
-                    match upstream.poll_ready() {
-                        Ok(events) => {
-                            for event in events {
-                                if let Err(error) = self.on_event(&event, origin) {
-                                    return SessionEnd::Failed(format!("{error:#}"));
+                    let events = match upstream.poll_ready() {
+                        Ok(events) => events,
+                        Err(error) => return SessionEnd::Failed(format!("{error:#}")),
+                    };
+                    for event in events {
+                        if let Err(error) = fail_on_error(&event) {
+                            return SessionEnd::Failed(format!("{error:#}"));
+                        }
+                        if let ClientEvent::Status { code, tc_url, .. } = &event {
+                            if code == RECONNECT_REQUEST && next.is_none() {
+                                let here = tc_url.is_some();
+                                tracing::info!(stream = %self.key, origin = %origin.rtmp, same_address = here, "origin asks to reconnect (upgrade or drain); preparing the next upstream");
+                                if !here {
+                                    self.core.origins.set_draining(origin.rtmp, true);
                                 }
+                                next = Some(self.prepare_move(origin, here));
                             }
                         }
-                        Err(error) => return SessionEnd::Failed(format!("{error:#}")),
                     }
                 }
                 batch = self.subscriber.next_batch(&mut items, MAX_BATCH) => {
@@ -172,6 +220,7 @@ impl Forward {
                         }
                     }
                 }
+                _ = tokio::time::sleep(MOVE_POLL), if next.is_some() => {}
             }
             if let Err(error) = upstream.ping_if_quiet() {
                 return SessionEnd::Failed(format!("{error:#}"));
@@ -182,14 +231,33 @@ impl Forward {
         }
     }
 
-    fn on_event(&self, event: &ClientEvent, origin: OriginAddr) -> anyhow::Result<()> {
-        if let ClientEvent::Status { code, .. } = event {
-            if code == "NetConnection.Connect.ReconnectRequest" {
-                tracing::info!(stream = %self.key, origin = %origin.rtmp, "origin asks to reconnect (drain or upgrade)");
-                self.core.origins.set_draining(origin.rtmp, true);
-            }
-        }
-        fail_on_error(event)
+    /// Start opening the next upstream in the background (the same
+    /// address when a new generation serves it, else the best other
+    /// origin); ready once the publish there was accepted.
+    fn prepare_move(&self, from: OriginAddr, same_address: bool) -> oneshot::Receiver<Prepared> {
+        let target = if same_address {
+            Some(from)
+        } else {
+            self.core
+                .origins
+                .rank(&self.key, Purpose::Publish)
+                .into_iter()
+                .find(|o| o.rtmp != from.rtmp)
+        };
+        let (tx, rx) = oneshot::channel();
+        let Some(target) = target else {
+            let _ = tx.send(Err("no other origin to move to".into()));
+            return rx;
+        };
+        let (core, key, timeline) = (self.core.clone(), self.key.clone(), self.timeline.clone());
+        tokio::spawn(async move {
+            let result = Self::open(&core, &key, &timeline, target)
+                .await
+                .map(|upstream| (target, upstream))
+                .map_err(|e| format!("{e:#}"));
+            let _ = tx.send(result);
+        });
+        rx
     }
 
     fn note_sent(&mut self, timestamp: u32) {

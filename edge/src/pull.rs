@@ -16,8 +16,10 @@ use std::time::Duration;
 
 use baton_common::hub::{PublishError, Publisher, PublisherInfo, StreamKey};
 use baton_common::rtmp::client_session::ClientEvent;
+use baton_common::rtmp::session::RECONNECT_REQUEST;
 use baton_common::serve::RESUME_PARAM;
 use baton_common::splice::{Splicer, Verdict};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -26,12 +28,19 @@ use crate::retry::OriginPicker;
 use crate::settings::OriginAddr;
 use crate::status::StatusCell;
 use crate::streams::EdgeCore;
-use crate::upstream::Upstream;
+use crate::upstream::{fail_on_error, Upstream};
 
 /// How often the pull looks at its clocks (linger, outage) while waiting.
 const TICK: Duration = Duration::from_millis(100);
 /// Bound on connecting to an origin and creating a stream.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// While the upstream has no publisher, how often to ask the origins
+/// whether the stream is published elsewhere.
+const RELOCATE_EVERY: Duration = Duration::from_millis(300);
+
+/// A prepared next upstream: where, the connection (its Play.Start
+/// consumed), and the timeline it announced.
+type Prepared = Result<(OriginAddr, Upstream, Option<String>), String>;
 
 /// The shared parts of a running pull.
 #[derive(Clone)]
@@ -186,23 +195,64 @@ impl Pull {
         None
     }
 
-    async fn session(&mut self, origin: OriginAddr) -> SessionEnd {
+    /// Open `origin` and ask it to play the stream from the last delivered
+    /// timestamp on (it replays from a keyframe at or before it).
+    async fn open(&self, origin: OriginAddr) -> anyhow::Result<Upstream> {
         let stall = self.core.settings.upstream_stall_timeout;
-        let mut upstream = match Upstream::open(origin, &self.key, stall, SETUP_TIMEOUT).await {
+        let mut upstream = Upstream::open(origin, &self.key, stall, SETUP_TIMEOUT).await?;
+        upstream.play(&self.play_name()).await?;
+        Ok(upstream)
+    }
+
+    fn play_name(&self) -> String {
+        match self.splicer.resume_point() {
+            Some(ts) => format!("{}?{RESUME_PARAM}={ts}", self.key.stream),
+            None => self.key.stream.clone(),
+        }
+    }
+
+    async fn session(&mut self, first: OriginAddr) -> SessionEnd {
+        let mut origin = first;
+        let mut upstream = match self.open(origin).await {
             Ok(upstream) => upstream,
             Err(error) => return SessionEnd::Failed(format!("{error:#}")),
         };
-        let name = match self.splicer.resume_point() {
-            Some(ts) => format!("{}?{RESUME_PARAM}={ts}", self.key.stream),
-            None => self.key.stream.clone(),
-        };
-        if let Err(error) = upstream.play(&name).await {
-            return SessionEnd::Failed(format!("{error:#}"));
-        }
-        tracing::debug!(stream = %self.key, origin = %origin.rtmp, play = name, "pulling");
+        tracing::debug!(stream = %self.key, origin = %origin.rtmp, "pulling");
+        // A make-before-break move under way: the next upstream, handed
+        // over once it serves the stream.
+        let mut next: Option<oneshot::Receiver<Prepared>> = None;
+        let mut last_relocate = Instant::now();
         loop {
             if let Some(reason) = self.check_clocks() {
                 return SessionEnd::Done(reason);
+            }
+            if let Some(prepared) = next.as_mut().and_then(|rx| rx.try_recv().ok()) {
+                next = None;
+                match prepared {
+                    Ok((to, new_upstream, timeline)) => {
+                        tracing::info!(stream = %self.key, from = %origin.rtmp, to = %to.rtmp, timeline = timeline.as_deref(), "moved to the next upstream (make-before-break)");
+                        upstream = new_upstream;
+                        origin = to;
+                        self.splicer.new_session(timeline);
+                        self.handle.status.serving(origin.rtmp);
+                        self.outage_since = None;
+                        metrics::counter!("baton_edge_planned_moves_total", "direction" => "pull")
+                            .increment(1);
+                    }
+                    Err(error) => {
+                        tracing::warn!(stream = %self.key, error, "the planned move failed; staying until this upstream ends");
+                    }
+                }
+            }
+            if self.outage_since.is_some() && last_relocate.elapsed() >= RELOCATE_EVERY {
+                // The publisher left this origin: if it is publishing
+                // elsewhere now, go there.
+                last_relocate = Instant::now();
+                let holders = self.core.origins.holders(&self.key).await;
+                if !holders.is_empty() && !holders.contains(&origin.rtmp) {
+                    tracing::info!(stream = %self.key, origin = %origin.rtmp, ?holders, "the stream is published on another origin now");
+                    return SessionEnd::NotThere;
+                }
             }
             let event = match upstream.next_event(Some(Instant::now() + TICK)).await {
                 Ok(Some(event)) => event,
@@ -220,6 +270,7 @@ impl Pull {
                     timeline,
                     level,
                     description,
+                    tc_url,
                     ..
                 } => match code.as_str() {
                     "NetStream.Play.Start" | "NetStream.Play.PublishNotify" => {
@@ -233,9 +284,13 @@ impl Pull {
                         self.handle.status.lost("upstream publisher left");
                         self.outage_since.get_or_insert_with(Instant::now);
                     }
-                    "NetConnection.Connect.ReconnectRequest" => {
-                        tracing::info!(stream = %self.key, origin = %origin.rtmp, "origin asks to reconnect (drain or upgrade)");
-                        self.core.origins.set_draining(origin.rtmp, true);
+                    RECONNECT_REQUEST if next.is_none() => {
+                        let here = tc_url.is_some();
+                        tracing::info!(stream = %self.key, origin = %origin.rtmp, same_address = here, "origin asks to reconnect (upgrade or drain); preparing the next upstream");
+                        if !here {
+                            self.core.origins.set_draining(origin.rtmp, true);
+                        }
+                        next = Some(self.prepare_move(origin, here).await);
                     }
                     _ if level == "error" => {
                         tracing::debug!(stream = %self.key, origin = %origin.rtmp, code, description, "origin has no such stream");
@@ -246,6 +301,64 @@ impl Pull {
                 _ => {}
             }
         }
+    }
+
+    /// Start opening the next upstream in the background: the same
+    /// address (a new generation serves it) or the best other origin.
+    /// Ready once it announces the stream (Play.Start).
+    async fn prepare_move(
+        &self,
+        from: OriginAddr,
+        same_address: bool,
+    ) -> oneshot::Receiver<Prepared> {
+        let target = if same_address {
+            Some(from)
+        } else {
+            let holders = self.core.origins.holders(&self.key).await;
+            let ranked = self.core.origins.rank(&self.key, Purpose::Pull);
+            ranked
+                .iter()
+                .filter(|o| o.rtmp != from.rtmp)
+                .find(|o| holders.contains(&o.rtmp))
+                .or_else(|| ranked.iter().find(|o| o.rtmp != from.rtmp))
+                .copied()
+        };
+        let (tx, rx) = oneshot::channel();
+        let Some(target) = target else {
+            let _ = tx.send(Err("no other origin to move to".into()));
+            return rx;
+        };
+        let stall = self.core.settings.upstream_stall_timeout;
+        let (key, name) = (self.key.clone(), self.play_name());
+        let limit = self.core.play_wait_timeout;
+        tokio::spawn(async move {
+            let result = async {
+                let mut upstream = Upstream::open(target, &key, stall, SETUP_TIMEOUT).await?;
+                upstream.play(&name).await?;
+                tokio::time::timeout(limit, async {
+                    loop {
+                        match upstream.next_event(None).await? {
+                            Some(ClientEvent::Status { code, timeline, .. })
+                                if code == "NetStream.Play.Start" =>
+                            {
+                                return Ok::<_, anyhow::Error>(timeline);
+                            }
+                            Some(event) => fail_on_error(&event)?,
+                            None => {}
+                        }
+                    }
+                })
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!("{} did not serve the stream within {limit:?}", target.rtmp)
+                })?
+                .map(|timeline| (target, upstream, timeline))
+            }
+            .await
+            .map_err(|e: anyhow::Error| format!("{e:#}"));
+            let _ = tx.send(result);
+        });
+        rx
     }
 
     /// One upstream frame through the splicer into the local publish

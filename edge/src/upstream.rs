@@ -15,6 +15,7 @@ use anyhow::{anyhow, bail, Context as _};
 use baton_common::hub::StreamKey;
 use baton_common::media::MediaFrame;
 use baton_common::rtmp::client_session::{ClientEvent, ClientSession};
+use baton_common::rtmp::session::CAPS_EX_RECONNECT;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -52,6 +53,8 @@ impl Upstream {
                 .with_context(|| format!("connecting to {}", origin.rtmp))?;
             socket.set_nodelay(true)?;
             let mut session = ClientSession::with_seed(rand::random());
+            // We follow Enhanced RTMP reconnect requests (planned moves).
+            session.set_caps_ex(CAPS_EX_RECONNECT);
             let tc_url = format!("rtmp://{}/{}", origin.rtmp, key.app);
             session.connect(&key.app, &tc_url);
             session.create_stream();

@@ -537,6 +537,22 @@ impl Node {
             .find(|s| s["app"] == app && s["name"] == name)
     }
 
+    /// Whether this node publishes `app/name` right now; a node that does
+    /// not answer (killed, frozen, exited) does not.
+    pub async fn publishes(&self, app: &str, name: &str) -> bool {
+        let url = self.api_url("/api/v1/streams");
+        let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(2), http::get(&url)).await
+        else {
+            return false;
+        };
+        let body = response.json();
+        body["streams"].as_array().is_some_and(|streams| {
+            streams
+                .iter()
+                .any(|s| s["app"] == app && s["name"] == name && s["publish"]["active"] == true)
+        })
+    }
+
     /// Whether `GET /healthz` answers 200 right now.
     pub async fn is_healthy(&self) -> bool {
         let url = self.api_url("/healthz");

@@ -38,10 +38,8 @@ impl Topology {
     async fn holder(&self, stream: &str) -> usize {
         let found = eventually(Duration::from_secs(10), || async {
             for (i, origin) in self.origins.iter().enumerate() {
-                if let Some(s) = origin.stream(APP, stream).await {
-                    if s["publish"]["active"] == true {
-                        return Some(i);
-                    }
+                if origin.publishes(APP, stream).await {
+                    return Some(i);
                 }
             }
             None

@@ -426,6 +426,7 @@ impl MainLoop {
             final_wait: settings.grace_final_wait,
             deadline: settings.drain_timeout,
             reason,
+            reconnect_here: false,
         };
         self.start_drain(plan);
     }
@@ -585,6 +586,7 @@ impl MainLoop {
             final_wait: Duration::ZERO,
             deadline: Some(self.ctx.settings.upgrade_drain_max),
             reason: "upgrade hand-over",
+            reconnect_here: true,
         };
         if let Some(drain) = self.drain.take() {
             drain.abort();

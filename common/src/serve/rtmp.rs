@@ -263,6 +263,8 @@ impl Connection {
 
         let idle = self.ctx.settings.publish_idle_timeout;
         let (close_all, kick) = self.stop_tokens();
+        let reconnect = self.ctx.shutdown.reconnect.clone();
+        let mut asked_to_reconnect = false;
         loop {
             let more = tokio::select! {
                 r = tokio::time::timeout(idle, self.read_some()) => match r {
@@ -271,6 +273,12 @@ impl Connection {
                 },
                 _ = close_all.cancelled() => return Ok("server shutting down"),
                 _ = kick.cancelled() => return Ok("kicked through the API"),
+                _ = reconnect.cancelled(), if !asked_to_reconnect => {
+                    asked_to_reconnect = true;
+                    self.ask_to_reconnect();
+                    self.flush_session().await?;
+                    continue;
+                }
             };
             if !more {
                 return Ok("publisher closed the connection");
@@ -327,8 +335,16 @@ impl Connection {
         let source = playback.source().clone();
         let write_timeout = self.ctx.settings.player_write_timeout;
         let mut segments: Vec<Bytes> = Vec::with_capacity(64);
+        let reconnect = self.ctx.shutdown.reconnect.clone();
+        let mut asked_to_reconnect = false;
         loop {
             let step = tokio::select! {
+                _ = reconnect.cancelled(), if !asked_to_reconnect => {
+                    asked_to_reconnect = true;
+                    self.ask_to_reconnect();
+                    self.flush_session().await?;
+                    continue;
+                }
                 step = playback.next() => step.map_err(|e| anyhow!("{e}"))?,
                 more = self.read_some() => {
                     if !more? {
@@ -398,6 +414,30 @@ impl Connection {
                 return Ok(reason);
             }
         }
+    }
+
+    /// A drain began: a client that announced the reconnect capability
+    /// (Enhanced RTMP v2 `capsEx`) is asked to reconnect, to this same
+    /// address when a new generation serves it (upgrade), otherwise
+    /// elsewhere; it then leaves at a moment of its choosing instead of
+    /// being cut at the drain deadline.
+    fn ask_to_reconnect(&mut self) {
+        if !self.session.can_reconnect() {
+            return;
+        }
+        let here = self.ctx.shutdown.reconnect_here();
+        let tc_url = here
+            .then(|| self.session.tc_url().map(str::to_owned))
+            .flatten();
+        let description = if here {
+            "This server is upgrading; reconnect to the same address."
+        } else {
+            "This server is draining; reconnect to another one."
+        };
+        self.session
+            .request_reconnect(tc_url.as_deref(), description);
+        metrics::counter!("baton_reconnect_requests_total").increment(1);
+        tracing::info!(same_address = here, "asked the client to reconnect");
     }
 
     fn queue_session_output(&mut self, segments: &mut Vec<Bytes>) {

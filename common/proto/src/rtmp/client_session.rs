@@ -44,6 +44,8 @@ pub enum ClientEvent {
         /// The publish's timeline id a Baton server adds to
         /// `NetStream.Play.Start` and `NetStream.Play.PublishNotify`.
         timeline: Option<String>,
+        /// Where to reconnect, in a reconnect request.
+        tc_url: Option<String>,
     },
     Media {
         stream_id: u32,
@@ -70,6 +72,8 @@ pub struct ClientSession {
     events: VecDeque<ClientEvent>,
     next_transaction_id: f64,
     calls: HashMap<u64, String>,
+    /// Enhanced RTMP `capsEx` announced in `connect` (0: none).
+    caps_ex: u32,
 }
 
 impl Default for ClientSession {
@@ -97,13 +101,20 @@ impl ClientSession {
             events: VecDeque::new(),
             next_transaction_id: 1.0,
             calls: HashMap::new(),
+            caps_ex: 0,
         }
+    }
+
+    /// Announce Enhanced RTMP capabilities (`capsEx`, e.g.
+    /// [`crate::rtmp::session::CAPS_EX_RECONNECT`]) in the next `connect`.
+    pub fn set_caps_ex(&mut self, caps: u32) {
+        self.caps_ex = caps;
     }
 
     /// Sends our Set Chunk Size and `connect`.
     pub fn connect(&mut self, app: &str, tc_url: &str) {
         self.send(RtmpMessage::SetChunkSize(OUT_CHUNK_SIZE));
-        let command_object = Amf0Value::object([
+        let mut command_object = Amf0Value::object([
             ("app", Amf0Value::string(app)),
             ("type", Amf0Value::string("nonprivate")),
             (
@@ -118,6 +129,12 @@ impl ClientSession {
             ("videoFunction", Amf0Value::Number(1.0)),
             ("objectEncoding", Amf0Value::Number(0.0)),
         ]);
+        if let (Amf0Value::Object(pairs), true) = (&mut command_object, self.caps_ex != 0) {
+            pairs.push((
+                "capsEx".to_owned(),
+                Amf0Value::Number(f64::from(self.caps_ex)),
+            ));
+        }
         self.call(0, "connect", command_object, vec![]);
     }
 
@@ -439,6 +456,10 @@ fn status_event(stream_id: u32, info: &Amf0Value) -> ClientEvent {
             .get(TIMELINE_KEY)
             .and_then(Amf0Value::as_str)
             .map(str::to_owned),
+        tc_url: info
+            .get("tcUrl")
+            .and_then(Amf0Value::as_str)
+            .map(str::to_owned),
     }
 }
 
@@ -554,6 +575,7 @@ mod tests {
                 code: "NetConnection.Connect.Rejected".into(),
                 description: "No such app.".into(),
                 timeline: None,
+                tc_url: None,
             }]
         );
     }

@@ -50,6 +50,11 @@ pub const DEFAULT_WINDOW_ACK_SIZE: u32 = 2_500_000;
 /// (an edge passes it on with `?baton_timeline=ID`), so an edge that moves
 /// between upstreams can tell a continuing timeline from a new publisher.
 pub const TIMELINE_KEY: &str = "batonTimeline";
+/// Enhanced RTMP v2 `capsEx` bit: the peer can be asked to reconnect
+/// (`NetConnection.Connect.ReconnectRequest`) and will do so.
+pub const CAPS_EX_RECONNECT: u32 = 0x01;
+/// The status code of Enhanced RTMP v2's reconnect request.
+pub const RECONNECT_REQUEST: &str = "NetConnection.Connect.ReconnectRequest";
 /// Set Peer Bandwidth limit type "dynamic".
 const LIMIT_TYPE_DYNAMIC: u8 = 2;
 
@@ -250,6 +255,10 @@ pub struct ServerSession {
     ignored_media: u64,
     /// Timeline id announced to players (see [`TIMELINE_KEY`]).
     timeline: Option<String>,
+    /// The client's Enhanced RTMP `capsEx` from `connect`.
+    peer_caps_ex: u32,
+    /// The client's `tcUrl` from `connect`.
+    tc_url: Option<String>,
 }
 
 impl ServerSession {
@@ -263,6 +272,8 @@ impl ServerSession {
             streams: BTreeMap::new(),
             ignored_media: 0,
             timeline: None,
+            peer_caps_ex: 0,
+            tc_url: None,
         }
     }
 
@@ -414,6 +425,35 @@ impl ServerSession {
         );
     }
 
+    /// Whether the client announced it can be asked to reconnect
+    /// (Enhanced RTMP `capsEx` bit [`CAPS_EX_RECONNECT`]).
+    pub fn can_reconnect(&self) -> bool {
+        self.peer_caps_ex & CAPS_EX_RECONNECT != 0
+    }
+
+    /// The client's `tcUrl` from `connect`.
+    pub fn tc_url(&self) -> Option<&str> {
+        self.tc_url.as_deref()
+    }
+
+    /// Enhanced RTMP v2's reconnect request: this server is going away
+    /// (draining, or handing over to a new generation); reconnect, to
+    /// `tc_url` if given (the same address for an upgrade), else wherever
+    /// the client would otherwise go.
+    pub fn request_reconnect(&mut self, tc_url: Option<&str>, description: &str) {
+        let mut info = info_object("status", RECONNECT_REQUEST, description);
+        if let (Amf0Value::Object(pairs), Some(url)) = (&mut info, tc_url) {
+            pairs.push(("tcUrl".to_owned(), Amf0Value::string(url)));
+        }
+        self.send(RtmpMessage::command(
+            0,
+            "onStatus",
+            0.0,
+            Amf0Value::Null,
+            vec![info],
+        ));
+    }
+
     /// The timeline id the next `Play.Start` / `PublishNotify` announces.
     pub fn set_timeline(&mut self, id: Option<String>) {
         self.timeline = id;
@@ -545,6 +585,12 @@ impl ServerSession {
             .get("objectEncoding")
             .and_then(Amf0Value::as_f64)
             .unwrap_or(0.0);
+        self.peer_caps_ex = command_object
+            .get("capsEx")
+            .and_then(Amf0Value::as_f64)
+            .filter(|caps| caps.is_finite() && *caps >= 0.0)
+            .map_or(0, |caps| caps as u32);
+        self.tc_url = tc_url.clone();
 
         let window = self.config.window_ack_size;
         self.send(RtmpMessage::WindowAckSize(window));
@@ -556,6 +602,7 @@ impl ServerSession {
         let properties = Amf0Value::object([
             ("fmsVer", Amf0Value::string("FMS/3,0,1,123")),
             ("capabilities", Amf0Value::Number(31.0)),
+            ("capsEx", Amf0Value::Number(f64::from(CAPS_EX_RECONNECT))),
         ]);
         let information = Amf0Value::object([
             ("level", Amf0Value::string("status")),
@@ -1006,6 +1053,7 @@ mod tests {
             code: "NetStream.Play.StreamNotFound".into(),
             description: "No such stream.".into(),
             timeline: None,
+            tc_url: None,
         }));
         // The stream is idle again: a second play is allowed.
         client.play(stream_id, "other");
@@ -1171,6 +1219,32 @@ mod tests {
         std::iter::from_fn(|| decoder.decode(&mut buf).unwrap())
             .map(|raw| RtmpMessage::parse(raw).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn reconnect_request_goes_to_clients_that_can_reconnect() {
+        let mut client = ClientSession::new();
+        client.set_caps_ex(CAPS_EX_RECONNECT);
+        client.connect("live", "rtmp://h/live");
+        let mut server = ServerSession::new(SessionConfig::default());
+        pump(&mut client, &mut server).unwrap();
+        assert!(server.can_reconnect());
+        assert_eq!(server.tc_url(), Some("rtmp://h/live"));
+        server.request_reconnect(Some("rtmp://h/live"), "upgrading");
+        pump(&mut client, &mut server).unwrap();
+        let events = client_events(&mut client);
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, ClientEvent::Status { code, tc_url, .. }
+                if code == RECONNECT_REQUEST && tc_url.as_deref() == Some("rtmp://h/live"))),
+            "{events:?}"
+        );
+        let mut legacy = ClientSession::new();
+        legacy.connect("live", "rtmp://h/live");
+        let mut server = ServerSession::new(SessionConfig::default());
+        pump(&mut legacy, &mut server).unwrap();
+        assert!(!server.can_reconnect());
     }
 
     #[test]
