@@ -22,11 +22,11 @@ const APP: &str = "live";
 fn ex_frames(n: u32) -> Vec<MediaFrame> {
     let ts = n * 40;
     let mut video = Vec::new();
-    let first = if n % 10 == 0 {
+    let first = if n.is_multiple_of(10) {
         0x91 // ex header, key frame, CodedFrames
-    } else if n % 7 == 0 {
+    } else if n.is_multiple_of(7) {
         0xa6 // inter frame, Multitrack
-    } else if n % 11 == 0 {
+    } else if n.is_multiple_of(11) {
         0xae // inter frame, unknown packet type 14
     } else {
         0xa1 // inter frame, CodedFrames
