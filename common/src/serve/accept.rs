@@ -11,12 +11,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::ServerContext;
 
-pub struct AcceptedConn {
-    pub stream: TcpStream,
-    pub peer: SocketAddr,
-}
-
-/// Accept until `stop_accepting` fires, spawning `handle` per connection.
+/// Accept until `stop_accepting` fires, spawning `handle(stream, peer,
+/// ctx)` per connection.
 /// The listener is returned to the caller's scope only by being dropped
 /// here; with a hand-over, the successor holds its own duplicate, so the
 /// socket and its queue live on.
@@ -30,7 +26,7 @@ pub async fn accept_loop<F, Fut>(
     limited: bool,
     handle: F,
 ) where
-    F: Fn(AcceptedConn) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Arc<ServerContext>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let stop = ctx.shutdown.stop_accepting.clone();
@@ -53,7 +49,7 @@ pub async fn accept_loop<F, Fut>(
                     );
                     continue;
                 }
-                tokio::spawn(handle(AcceptedConn { stream, peer }));
+                tokio::spawn(handle(stream, peer, ctx.clone()));
             }
             Err(error) => {
                 tracing::warn!(listener = name, %error, "accept failed; retrying shortly");

@@ -21,33 +21,27 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
-use super::accept::{accept_loop, AcceptedConn};
-use tokio::net::TcpListener;
+use super::accept::accept_loop;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream};
 
 use super::ServerContext;
 
 pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
-    accept_loop(
-        "api",
-        listener,
-        ctx.clone(),
-        false,
-        move |conn: AcceptedConn| {
-            let ctx = ctx.clone();
-            async move {
-                let service = service_fn(move |req| {
-                    let ctx = ctx.clone();
-                    async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(conn.stream), service);
-                let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
-            }
-        },
-    )
-    .await;
+    accept_loop("api", listener, ctx, false, handle_connection).await;
+}
+
+async fn handle_connection(stream: TcpStream, _peer: SocketAddr, ctx: Arc<ServerContext>) {
+    let service = service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(TokioIo::new(stream), service);
+    let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
 }
 
 fn respond(

@@ -23,7 +23,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
-use super::accept::{accept_loop, AcceptedConn};
+use super::accept::accept_loop;
 use super::playback::{Playback, Step};
 use super::stall::{StallClock, StallIo};
 use super::tag_batch::TagBatch;
@@ -32,17 +32,7 @@ use super::ServerContext;
 type Body = BoxBody<TagBatch, Infallible>;
 
 pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
-    accept_loop(
-        "http-flv",
-        listener,
-        ctx.clone(),
-        true,
-        move |conn: AcceptedConn| {
-            let ctx = ctx.clone();
-            async move { handle_connection(conn.stream, conn.peer, ctx).await }
-        },
-    )
-    .await;
+    accept_loop("http-flv", listener, ctx, true, handle_connection).await;
 }
 
 async fn handle_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>) {

@@ -23,24 +23,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::accept::{accept_loop, AcceptedConn};
+use super::accept::accept_loop;
 use super::playback::{Playback, Step};
 use super::ServerContext;
 
 const READ_CHUNK: usize = 64 * 1024;
 
 pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
-    accept_loop(
-        "rtmp",
-        listener,
-        ctx.clone(),
-        true,
-        move |conn: AcceptedConn| {
-            let ctx = ctx.clone();
-            async move { handle_connection(conn.stream, conn.peer, ctx).await }
-        },
-    )
-    .await;
+    accept_loop("rtmp", listener, ctx, true, handle_connection).await;
 }
 
 async fn handle_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>) {
