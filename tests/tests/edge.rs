@@ -8,6 +8,7 @@
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
+use baton_common::media::MediaKind;
 use baton_tests::dns::TestDns;
 use baton_tests::feed::{Feed, Received, Watcher};
 use baton_tests::findings::Findings;
@@ -389,14 +390,12 @@ async fn no_origin_beyond_outage_max_ends_players_cleanly() {
             continue;
         };
         let ended = seen.ended_after(fault).unwrap_or_default();
-        println!(
-            "{}: ended {ended:?} after the kill: {:?}",
-            w.label, seen.ended
-        );
+        let how = seen.ended.as_ref().map(|(_, how)| how.as_str());
+        println!("{}: ended ({how:?}) {ended:?} after the kill", w.label);
         findings.check(ended >= Duration::from_millis(2900), || {
             format!(
-                "{} ended {ended:?} after the kill, before upstream_outage_max ({OUTAGE_MAX:?}): {:?}",
-                w.label, seen.ended
+                "{} ended ({how:?}) {ended:?} after the kill, before upstream_outage_max ({OUTAGE_MAX:?})",
+                w.label
             )
         });
         findings.check(ended <= Duration::from_millis(4500), || {
@@ -405,7 +404,6 @@ async fn no_origin_beyond_outage_max_ends_players_cleanly() {
                 w.label
             )
         });
-        let how = seen.ended.as_ref().map(|(_, how)| how.as_str());
         findings.check(how == Some("eof"), || {
             format!("{} did not end with EOF: {how:?}", w.label)
         });
@@ -531,7 +529,7 @@ async fn publisher_reconnecting_to_another_origin_from_zero_is_spliced() {
         );
         let first_video = new
             .iter()
-            .find(|r| r.index.is_some() && r.kind == baton_common::media::MediaKind::Video);
+            .find(|r| r.index.is_some() && r.kind == MediaKind::Video);
         findings.check(first_video.is_some_and(|r| r.keyframe), || {
             format!(
                 "{}: the new publisher's first video frame is not a keyframe: {first_video:?}",
