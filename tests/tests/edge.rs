@@ -24,6 +24,9 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(1);
 /// The longest stall a player may see when the holder hangs or its network
 /// breaks: the stall timeout plus half a second to move.
 const HANG_STALL_BOUND: Duration = Duration::from_millis(1500);
+/// The longest stall a player may see when the holder dies (its kernel
+/// resets the connections, so the edge knows at once).
+const KILL_STALL_BOUND: Duration = Duration::from_millis(250);
 
 /// Two origins, and edges A and B in front of both.
 struct Topology {
@@ -237,7 +240,7 @@ async fn origin_sigkill_is_invisible_to_players_and_publisher() {
         &feed,
         &watchers,
         fault,
-        Duration::from_millis(250),
+        KILL_STALL_BOUND,
         "after the origin's SIGKILL",
     )
     .await;
@@ -650,4 +653,121 @@ async fn origins_found_through_dns_take_over() {
     );
     println!("DNS queries answered: {}", dns.queries());
     t.finish(findings, feed).await;
+}
+
+/// ffmpeg on both ends, which shares no code with Baton: it publishes real
+/// H.264 + AAC to edge A and plays from edge B while the holder is killed.
+#[cfg(feature = "interop")]
+mod interop {
+    use super::*;
+    use baton_tests::{ffmpeg, tools};
+
+    /// Seconds of media the ffmpeg player reads.
+    const PLAY_SECONDS: &str = "12";
+
+    /// Lines of an ffmpeg player's stderr that mean it saw a broken
+    /// stream (decoding errors, non-monotonic timestamps).
+    fn complaints(stderr: &str) -> Vec<&str> {
+        stderr
+            .lines()
+            .filter(|line| {
+                let lower = line.to_ascii_lowercase();
+                lower.contains("error") || line.contains("DTS") || lower.contains("non monoton")
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn ffmpeg_publisher_and_player_do_not_notice_an_origin_sigkill() {
+        assert!(
+            tools::available("ffmpeg"),
+            "the interop tests need ffmpeg on PATH"
+        );
+        let fixture = ffmpeg::fixture_flv().await;
+        let mut t = topology(&edge_args(&[])).await;
+        let log = t.edge_a.dir().join("ffmpeg-publish.log");
+        let mut publisher = ffmpeg::publish_loop(&fixture, &t.edge_a.rtmp_url(APP, "ff"), log);
+        let holder = t.holder("ff").await;
+        let url = t.edge_b.rtmp_url(APP, "ff");
+        let player = tokio::spawn(async move {
+            tools::run(
+                "ffmpeg",
+                [
+                    "-hide_banner",
+                    "-nostdin",
+                    "-v",
+                    "warning",
+                    "-i",
+                    &url,
+                    "-t",
+                    PLAY_SECONDS,
+                    "-f",
+                    "null",
+                    "-",
+                ],
+                Duration::from_secs(40),
+            )
+            .await
+        });
+        // Our own player next to ffmpeg's, to measure the stall (the
+        // frames carry no synthetic index, so only the stall is checked).
+        let watcher = Watcher::rtmp("B rtmp", rtmp_player(&t.edge_b.rtmp_url(APP, "ff")).await);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let fault = Instant::now();
+        t.origins[holder].signal(Signal::SIGKILL);
+        let played = player.await.expect("the player task");
+        let mut findings = Findings::default();
+        findings.check(!watcher.is_ended(), || {
+            format!(
+                "{} was disconnected: {:?}",
+                watcher.label,
+                watcher.seen().ended
+            )
+        });
+        check_stall(
+            &mut findings,
+            &watcher,
+            fault,
+            KILL_STALL_BOUND,
+            "after the origin's SIGKILL",
+        );
+        let publisher_exit = publisher.try_exit_status();
+        findings.check(publisher_exit.is_none(), || {
+            format!(
+                "the ffmpeg publisher exited after the kill ({publisher_exit:?}):\n{}",
+                publisher.log()
+            )
+        });
+        match &played {
+            Ok(out) => {
+                println!(
+                    "ffmpeg player: {} after {:?}, {} complaint line(s)",
+                    out.status,
+                    out.elapsed,
+                    complaints(&out.stderr).len()
+                );
+                let bad = complaints(&out.stderr);
+                findings.check(out.success() && bad.is_empty(), || {
+                    format!(
+                        "the ffmpeg player on edge B exited with {} and complained {:?}\n--- ffmpeg player stderr ---\n{}",
+                        out.status, bad, out.stderr
+                    )
+                });
+            }
+            Err(e) => findings.check(false, || format!("the ffmpeg player: {e}")),
+        }
+        let moved = t.holder("ff").await;
+        findings.check(moved == 1 - holder, || {
+            format!("the stream is on origin {}, not the survivor", moved + 1)
+        });
+        if !findings.is_empty() {
+            eprintln!(
+                "{}\n--- ffmpeg publisher ---\n{}",
+                t.logs(),
+                publisher.log()
+            );
+        }
+        findings.assert_none(&t.edge_b);
+        publisher.stop().await;
+    }
 }
