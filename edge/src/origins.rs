@@ -28,6 +28,9 @@ use crate::settings::{EdgeSettings, OriginAddr, OriginDns};
 const FAILURE_COOLDOWN: Duration = Duration::from_secs(5);
 /// Bound on one API request to an origin.
 const API_TIMEOUT: Duration = Duration::from_millis(500);
+/// Bound on asking an origin whether it publishes a stream, on the
+/// failover path: a healthy origin answers in a millisecond on a LAN.
+const LOOKUP_TIMEOUT: Duration = Duration::from_millis(200);
 /// Largest API answer read from an origin.
 const MAX_API_BODY: usize = 4 * 1024 * 1024;
 
@@ -155,16 +158,24 @@ impl Origins {
         }
     }
 
-    /// The origins that publish `key` right now, by asking their APIs
-    /// (those without an API address are not asked).
+    /// The origins that publish `key` right now, by asking their APIs.
+    /// Not asked: origins without an API address, and those that just
+    /// failed (a frozen origin's API accepts and never answers: asking it
+    /// would cost a failover the whole lookup timeout).
     pub async fn holders(&self, key: &StreamKey) -> Vec<SocketAddr> {
+        let now = Instant::now();
         let apis: Vec<(SocketAddr, SocketAddr)> = self
             .entries()
             .iter()
+            .filter(|e| e.health(now) != Health::Failed)
             .filter_map(|e| Some((e.addr.rtmp, e.addr.api?)))
             .collect();
         let lookups = apis.into_iter().map(|(rtmp, api)| async move {
-            let body = api_get(api, "/api/v1/streams").await.ok()?.1;
+            let body = tokio::time::timeout(LOOKUP_TIMEOUT, api_get(api, "/api/v1/streams"))
+                .await
+                .ok()?
+                .ok()?
+                .1;
             let value: Value = serde_json::from_slice(&body).ok()?;
             let publishes = value["streams"].as_array()?.iter().any(|s| {
                 s["app"] == key.app.as_str()

@@ -159,7 +159,20 @@ impl Pull {
         tokio::select! {
             origin = picker.next(&ordered) => origin,
             _ = stop.cancelled() => None,
+            // The outage bound holds while waiting to retry, too.
+            _ = sleep_until_opt(self.outage_deadline()) => None,
         }
+    }
+
+    /// When the players are to be let go if no origin serves by then.
+    fn outage_deadline(&self) -> Option<Instant> {
+        let since = self.outage_since?;
+        let bound = if self.handle.is_delivering() {
+            self.core.settings.upstream_outage_max
+        } else {
+            self.core.play_wait_timeout
+        };
+        Some(since + bound)
     }
 
     /// Linger, outage and stop: the reasons to end the pull.
@@ -181,16 +194,17 @@ impl Pull {
         } else {
             self.idle_since = None;
         }
-        let outage = self
-            .outage_since
-            .map_or(Duration::ZERO, |t| now.duration_since(t));
-        if self.handle.is_delivering() && outage >= self.core.settings.upstream_outage_max {
+        if self
+            .outage_deadline()
+            .is_some_and(|deadline| now >= deadline)
+        {
+            if !self.handle.is_delivering() {
+                return Some("no origin has the stream");
+            }
+            let outage = self.outage_since.map(|t| now.duration_since(t));
             tracing::warn!(stream = %self.key, ?outage, "no origin served the stream for upstream_outage_max; ending it");
             metrics::counter!("baton_edge_outages_ended_total").increment(1);
             return Some("no origin within upstream_outage_max");
-        }
-        if !self.handle.is_delivering() && outage >= self.core.play_wait_timeout {
-            return Some("no origin has the stream");
         }
         None
     }
@@ -199,7 +213,14 @@ impl Pull {
     /// timestamp on (it replays from a keyframe at or before it).
     async fn open(&self, origin: OriginAddr) -> anyhow::Result<Upstream> {
         let stall = self.core.settings.upstream_stall_timeout;
-        let mut upstream = Upstream::open(origin, &self.key, stall, SETUP_TIMEOUT).await?;
+        // Within the outage bound: a blackholed origin must not hold the
+        // players past it.
+        let setup = self.outage_deadline().map_or(SETUP_TIMEOUT, |deadline| {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(1), SETUP_TIMEOUT)
+        });
+        let mut upstream = Upstream::open(origin, &self.key, stall, setup).await?;
         upstream.play(&self.play_name()).await?;
         Ok(upstream)
     }
@@ -395,5 +416,12 @@ impl Pull {
             publisher.push(frame);
         }
         Ok(())
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

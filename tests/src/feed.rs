@@ -561,10 +561,38 @@ fn abbreviate<T: std::fmt::Debug>(items: &[T]) -> String {
     }
 }
 
+/// One media frame as a [`Watcher`] received it, in arrival order (see
+/// [`Watcher::received`]): for checks about particular frames, e.g. that
+/// the first video frame of a new publisher is a keyframe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    pub kind: MediaKind,
+    /// The synthetic index, if the frame carries one (not for headers).
+    pub index: Option<u32>,
+    pub timestamp: u32,
+    pub keyframe: bool,
+    pub at: Instant,
+}
+
+impl Received {
+    fn of(frame: &MediaFrame, at: Instant) -> Received {
+        Received {
+            kind: frame.kind,
+            index: frame_index(frame),
+            timestamp: frame.timestamp,
+            keyframe: frame.is_keyframe(),
+            at,
+        }
+    }
+}
+
 /// A player read in the background; see the module docs.
 pub struct Watcher {
     pub label: String,
     seen: Arc<Mutex<Seen>>,
+    /// Every media frame received (kept apart from `seen`, which is
+    /// cloned on every poll).
+    received: Arc<Mutex<Vec<Received>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -572,12 +600,15 @@ impl Watcher {
     /// Watches an RTMP player (statuses are recorded too).
     pub fn rtmp(label: impl Into<String>, mut player: RtmpPlayer) -> Watcher {
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let s = seen.clone();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (s, r) = (seen.clone(), received.clone());
         let task = tokio::spawn(async move {
             let end = loop {
                 match player.next_event().await {
                     Ok(Some(ClientEvent::Media { frame, .. })) => {
-                        lock(&s).record(&frame, Instant::now())
+                        let now = Instant::now();
+                        lock(&r).push(Received::of(&frame, now));
+                        lock(&s).record(&frame, now)
                     }
                     Ok(Some(ClientEvent::Status { code, .. })) => lock(&s).statuses.push(code),
                     Ok(Some(_)) => {}
@@ -590,6 +621,7 @@ impl Watcher {
         Watcher {
             label: label.into(),
             seen,
+            received,
             task,
         }
     }
@@ -597,11 +629,16 @@ impl Watcher {
     /// Watches an HTTP-FLV player.
     pub fn flv(label: impl Into<String>, mut player: FlvPlayer) -> Watcher {
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let s = seen.clone();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (s, r) = (seen.clone(), received.clone());
         let task = tokio::spawn(async move {
             let end = loop {
                 match player.next_frame().await {
-                    Ok(Some(frame)) => lock(&s).record(&frame, Instant::now()),
+                    Ok(Some(frame)) => {
+                        let now = Instant::now();
+                        lock(&r).push(Received::of(&frame, now));
+                        lock(&s).record(&frame, now)
+                    }
                     Ok(None) => break "eof".to_owned(),
                     Err(e) => break format!("{e:#}"),
                 }
@@ -613,12 +650,18 @@ impl Watcher {
         Watcher {
             label: label.into(),
             seen,
+            received,
             task,
         }
     }
 
     pub fn seen(&self) -> Seen {
         lock(&self.seen).clone()
+    }
+
+    /// Every media frame received so far, in arrival order.
+    pub fn received(&self) -> Vec<Received> {
+        lock(&self.received).clone()
     }
 
     pub fn is_ended(&self) -> bool {

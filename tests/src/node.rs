@@ -541,7 +541,7 @@ impl Node {
     /// not answer (killed, frozen, exited) does not.
     pub async fn publishes(&self, app: &str, name: &str) -> bool {
         let url = self.api_url("/api/v1/streams");
-        let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(2), http::get(&url)).await
+        let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(1), http::get(&url)).await
         else {
             return false;
         };
