@@ -83,7 +83,17 @@ pub async fn origin_upgrade(
     control_dir: &Path,
     limit: Duration,
 ) -> Result<ToolOutput, String> {
-    let mut cmd = Command::new(origin_bin());
+    node_upgrade(&origin_bin(), pid_file, control_dir, limit).await
+}
+
+/// `BINARY upgrade --pid-file .. --control-dir ..` of either role.
+pub async fn node_upgrade(
+    binary: &Path,
+    pid_file: &Path,
+    control_dir: &Path,
+    limit: Duration,
+) -> Result<ToolOutput, String> {
+    let mut cmd = Command::new(binary);
     cmd.arg("upgrade")
         .arg("--pid-file")
         .arg(pid_file)

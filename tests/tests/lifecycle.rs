@@ -25,7 +25,7 @@ use baton_tests::feed::{Feed, Seen, Watcher};
 use baton_tests::findings::Findings;
 use baton_tests::play::{flv_player, rtmp_player};
 use baton_tests::raw_rtmp::RawRtmp;
-use baton_tests::{eventually, http, within, Origin, Signal};
+use baton_tests::{eventually, http, within, Node, Origin, Signal};
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -43,6 +43,31 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Within `expected ± TOLERANCE`.
 fn about(actual: Duration, expected: Duration) -> bool {
     actual + TOLERANCE >= expected && actual <= expected + TOLERANCE
+}
+
+/// The node under test: an origin, or an edge with an origin behind it
+/// (the lifecycle is the shared serving layer's, so both roles must keep
+/// the same promises).
+struct UnderTest {
+    node: Origin,
+    _behind: Option<Origin>,
+}
+
+impl UnderTest {
+    async fn start(edge: bool, args: &[&str]) -> UnderTest {
+        if !edge {
+            return UnderTest {
+                node: Origin::start(args).await,
+                _behind: None,
+            };
+        }
+        let origin = Origin::start(&[]).await;
+        let node = Node::start_edge(&[&origin], args).await;
+        UnderTest {
+            node,
+            _behind: Some(origin),
+        }
+    }
 }
 
 /// A feed publishing `stream` to the origin (link "publisher").
@@ -204,8 +229,15 @@ async fn idle_end(mut conn: RawRtmp, limit: Duration) -> Option<(Instant, String
 
 /// The fast exit (SIGTERM or SIGINT) with a publisher, players of both
 /// kinds and `idle` idle connections.
-async fn fast_exit_case(signal: Signal, idle: usize, rtmp_players: usize, flv_players: usize) {
-    let mut origin = Origin::start(&["--handshake-timeout", "60s"]).await;
+async fn fast_exit_case(
+    edge: bool,
+    signal: Signal,
+    idle: usize,
+    rtmp_players: usize,
+    flv_players: usize,
+) {
+    let mut under = UnderTest::start(edge, &["--handshake-timeout", "60s"]).await;
+    let origin = &mut under.node;
     let stream = "fast";
     let feed = start_feed(&origin, stream).await;
     let mut players = Vec::new();
@@ -332,19 +364,27 @@ async fn fast_exit_case(signal: Signal, idle: usize, rtmp_players: usize, flv_pl
     findings.assert_none(&origin);
 }
 
+/// 1b. The same fast exit on an edge (with fewer idle connections: the
+///     edge's clients, not the load, are the point).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_sigterm_closes_its_clients_and_exits_within_a_second() {
+    let _serial = SERIAL.lock().await;
+    fast_exit_case(true, Signal::SIGTERM, 500, 4, 4).await;
+}
+
 /// 1. SIGTERM with a publisher, RTMP and HTTP-FLV players and 2000 idle
 ///    connections: exit 0 within 1 s, everyone sees the end within 1 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_thousands_of_clients_and_exits_within_a_second() {
     let _serial = SERIAL.lock().await;
-    fast_exit_case(Signal::SIGTERM, 2000, 4, 4).await;
+    fast_exit_case(false, Signal::SIGTERM, 2000, 4, 4).await;
 }
 
 /// 2. SIGINT: the same fast exit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_is_a_fast_exit_too() {
     let _serial = SERIAL.lock().await;
-    fast_exit_case(Signal::SIGINT, 200, 2, 2).await;
+    fast_exit_case(false, Signal::SIGINT, 200, 2, 2).await;
 }
 
 /// 3. SIGQUIT: readiness off at once, new clients accepted during
@@ -353,16 +393,30 @@ async fn sigint_is_a_fast_exit_too() {
 ///    after the last one left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigquit_drains_gracefully() {
+    sigquit_case(false).await;
+}
+
+/// 3b. The same drain on an edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_sigquit_drains_gracefully() {
+    sigquit_case(true).await;
+}
+
+async fn sigquit_case(edge: bool) {
     let _serial = SERIAL.lock().await;
     let start_wait = Duration::from_millis(1500);
     let final_wait = Duration::from_millis(1000);
-    let mut origin = Origin::start(&[
-        "--grace-start-wait",
-        "1500ms",
-        "--grace-final-wait",
-        "1000ms",
-    ])
+    let mut under = UnderTest::start(
+        edge,
+        &[
+            "--grace-start-wait",
+            "1500ms",
+            "--grace-final-wait",
+            "1000ms",
+        ],
+    )
     .await;
+    let origin = &mut under.node;
     let stream = "quit";
     let feed = start_feed(&origin, stream).await;
     let rtmp = rtmp_watcher(&origin, stream, "RTMP player").await;

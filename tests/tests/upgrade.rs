@@ -26,8 +26,8 @@ use baton_common::rtmp::client::ClientError;
 use baton_tests::feed::{Feed, Watcher};
 use baton_tests::load::{LoadConfig, LoadLoop, LoadReport};
 use baton_tests::play::{flv_player, rtmp_player};
-use baton_tests::tools::{origin_upgrade, ToolOutput};
-use baton_tests::{eventually, pid_alive, signal_pid, Origin, Signal};
+use baton_tests::tools::{node_upgrade, ToolOutput};
+use baton_tests::{eventually, pid_alive, signal_pid, Node, Origin, Signal};
 use serde_json::Value;
 
 const APP: &str = "live";
@@ -48,9 +48,14 @@ fn output_text(out: &ToolOutput) -> String {
 
 /// `baton-origin upgrade` for `origin`'s PID file and control dir.
 async fn upgrade(origin: &Origin) -> ToolOutput {
-    origin_upgrade(origin.pid_file(), origin.control_dir(), UPGRADE_LIMIT)
-        .await
-        .unwrap_or_else(|e| panic!("running the upgrade command: {e}"))
+    node_upgrade(
+        &origin.role().binary(),
+        origin.pid_file(),
+        origin.control_dir(),
+        UPGRADE_LIMIT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("running the upgrade command: {e}"))
 }
 
 /// The successor's PID from the upgrade command's output ("... handed
@@ -481,6 +486,72 @@ async fn ten_upgrades_under_load_lose_no_connection() {
 ///    nothing: the upgrade command fails and says why, the old process
 ///    keeps the PID file and serves without a single failed connection;
 ///    the same through SIGUSR2; a later upgrade with a fixed config works.
+/// The edge's upgrade is the shared supervisor's: the same promise. The
+/// publisher sits on the origin (an edge's publisher would follow a
+/// reconnect request; the test feed does not announce the capability),
+/// the load loop and long-lived players on the edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_edge_upgrades_under_load_lose_no_connection() {
+    let _serial = SERIAL.lock().await;
+    let mut findings = Findings::default();
+    let origin = Origin::start(&[]).await;
+    let edge = Node::start_edge(&[&origin], &["--upgrade-drain-max", "3s"]).await;
+    let feed = Feed::standard();
+    let mut reconnects = Reconnects::default();
+    attach(&feed, &origin, "publisher", &mut reconnects).await;
+    drop(player_pair(&edge, "warm-up").await);
+    let load = LoadLoop::start(LoadConfig::new(
+        edge.rtmp_url(APP, STREAM),
+        edge.flv_url(APP, STREAM),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut players = Vec::new();
+    for k in 1..=5 {
+        players.extend(player_pair(&edge, &format!("g{k}")).await);
+        let out = upgrade(&edge).await;
+        eprintln!(
+            "edge upgrade {k}: {} in {:?}",
+            out.stdout.trim(),
+            out.elapsed
+        );
+        findings.check(out.status.success(), || {
+            format!("edge upgrade {k} failed: {}", output_text(&out))
+        });
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let fresh = player_pair(&edge, "after").await;
+    for w in &fresh {
+        findings.check(
+            w.wait_frames(30, Duration::from_secs(10)).await.is_ok(),
+            || format!("{} on the newest edge generation got no frames", w.label),
+        );
+    }
+    let report = load.stop().await;
+    eprintln!(
+        "edge, 5 upgrades: {} connections attempted, {} failed",
+        report.attempted,
+        report.failed()
+    );
+    findings.check(report.failed() == 0, || {
+        format!(
+            "{} connections to the edge failed during its upgrades: {:?}",
+            report.failed(),
+            report.by_kind()
+        )
+    });
+    for w in &players {
+        let seen = w.seen();
+        findings.check(seen.index_gaps.is_empty(), || {
+            format!(
+                "{} (on an upgraded generation) has gaps: {:?}",
+                w.label, seen.index_gaps
+            )
+        });
+    }
+    findings.assert_none(&edge);
+    drop(feed);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_upgrade_leaves_the_old_process_serving() {
     let _serial = SERIAL.lock().await;
