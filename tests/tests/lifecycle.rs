@@ -239,18 +239,18 @@ async fn fast_exit_case(
     let mut under = UnderTest::start(edge, &["--handshake-timeout", "60s"]).await;
     let origin = &mut under.node;
     let stream = "fast";
-    let feed = start_feed(&origin, stream).await;
+    let feed = start_feed(origin, stream).await;
     let mut players = Vec::new();
     for i in 0..rtmp_players {
-        players.push(rtmp_watcher(&origin, stream, &format!("RTMP player {i}")).await);
+        players.push(rtmp_watcher(origin, stream, &format!("RTMP player {i}")).await);
     }
     for i in 0..flv_players {
-        players.push(flv_watcher(&origin, stream, &format!("FLV player {i}")).await);
+        players.push(flv_watcher(origin, stream, &format!("FLV player {i}")).await);
     }
     let opening = Instant::now();
     let idle_conns = open_idle(origin.rtmp_addr(), idle).await;
     let total = (1 + rtmp_players + flv_players + idle) as u64;
-    wait_clients(&origin, total).await;
+    wait_clients(origin, total).await;
     eprintln!(
         "{signal}: {total} clients connected ({idle} idle, opened in {:?})",
         opening.elapsed()
@@ -361,7 +361,7 @@ async fn fast_exit_case(
         || format!("the origin did not close every client before exiting: {summary:?}"),
     );
     drop(feed);
-    findings.assert_none(&origin);
+    findings.assert_none(origin);
 }
 
 /// 1b. The same fast exit on an edge (with fewer idle connections: the
@@ -418,15 +418,15 @@ async fn sigquit_case(edge: bool) {
     .await;
     let origin = &mut under.node;
     let stream = "quit";
-    let feed = start_feed(&origin, stream).await;
-    let rtmp = rtmp_watcher(&origin, stream, "RTMP player").await;
-    let flv = flv_watcher(&origin, stream, "FLV player").await;
-    assert_eq!(readyz(&origin).await, 200, "ready before the signal");
+    let feed = start_feed(origin, stream).await;
+    let rtmp = rtmp_watcher(origin, stream, "RTMP player").await;
+    let flv = flv_watcher(origin, stream, "FLV player").await;
+    assert_eq!(readyz(origin).await, 200, "ready before the signal");
     let mut findings = Findings::default();
 
     origin.signal(Signal::SIGQUIT);
     let t0 = origin.signalled_at().expect("signalled");
-    let not_ready = readyz_turns_503(&origin, t0, Duration::from_secs(2)).await;
+    let not_ready = readyz_turns_503(origin, t0, Duration::from_secs(2)).await;
     eprintln!("SIGQUIT: /readyz 503 after {not_ready:?}");
     findings.check(
         not_ready.is_some_and(|d| d <= Duration::from_millis(150)),
@@ -480,7 +480,7 @@ async fn sigquit_case(edge: bool) {
             None
         }
     };
-    let api_ok = readyz(&origin).await;
+    let api_ok = readyz(origin).await;
     findings.check(api_ok == 503, || {
         format!(
             "the API did not answer during grace_start_wait (+{:?}): /readyz gave {api_ok}",
@@ -600,7 +600,7 @@ async fn sigquit_case(edge: bool) {
             });
         }
     }
-    findings.assert_none(&origin);
+    findings.assert_none(origin);
 }
 
 /// 4. SIGQUIT with no clients: exit 0 after grace_start_wait +
