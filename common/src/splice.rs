@@ -55,6 +55,18 @@ pub enum DropReason {
     WouldRegress,
 }
 
+impl DropReason {
+    /// For metric labels and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::AlreadyDelivered => "already_delivered",
+            DropReason::UnchangedHeader => "unchanged_header",
+            DropReason::BeforeKeyframe => "before_keyframe",
+            DropReason::WouldRegress => "would_regress",
+        }
+    }
+}
+
 /// How the current session relates to what was delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Session {
@@ -128,7 +140,7 @@ impl Delivered {
     /// Where the last delivered header of `frame`'s kind is kept, if it is
     /// a header at all.
     fn header_slot(&mut self, frame: &MediaFrame) -> Option<&mut Option<Bytes>> {
-        if frame.kind == MediaKind::Data {
+        if frame.is_metadata() {
             Some(&mut self.metadata)
         } else if frame.is_sequence_header() {
             Some(match frame.kind {
@@ -150,7 +162,20 @@ pub struct Splicer {
     session_timeline: Option<String>,
     /// Timeline id of what is being delivered, and the offset it runs at.
     delivered_timeline: Option<(String, i64)>,
+    /// Per track (video, audio, data): whether this session has passed
+    /// what was delivered before it. Only until then are frames compared
+    /// with the delivered timestamps: after, the upstream's own order
+    /// stands (a publisher's equal timestamps are not ours to drop).
+    caught_up: [bool; 3],
     stats: SpliceStats,
+}
+
+fn track(kind: MediaKind) -> usize {
+    match kind {
+        MediaKind::Video => 0,
+        MediaKind::Audio => 1,
+        MediaKind::Data => 2,
+    }
 }
 
 impl Default for Splicer {
@@ -166,6 +191,7 @@ impl Splicer {
             session: Session::Opening,
             session_timeline: None,
             delivered_timeline: None,
+            caught_up: [false; 3],
             stats: SpliceStats::default(),
         }
     }
@@ -176,6 +202,7 @@ impl Splicer {
     pub fn new_session(&mut self, timeline: Option<String>) {
         self.session = Session::Opening;
         self.session_timeline = timeline;
+        self.caught_up = [false; 3];
         self.stats.sessions += 1;
     }
 
@@ -304,15 +331,19 @@ impl Splicer {
                 ..frame
             });
         }
-        if let Some(last) = self.delivered.last(frame.kind) {
-            if timestamp <= last {
-                if !rebased {
-                    self.stats.already_delivered += 1;
-                    return Verdict::Drop(DropReason::AlreadyDelivered);
+        let track = track(frame.kind);
+        if !self.caught_up[track] {
+            if let Some(last) = self.delivered.last(frame.kind) {
+                if timestamp <= last {
+                    if !rebased {
+                        self.stats.already_delivered += 1;
+                        return Verdict::Drop(DropReason::AlreadyDelivered);
+                    }
+                    self.stats.would_regress += 1;
+                    return Verdict::Drop(DropReason::WouldRegress);
                 }
-                self.stats.would_regress += 1;
-                return Verdict::Drop(DropReason::WouldRegress);
             }
+            self.caught_up[track] = true;
         }
         let out = MediaFrame { timestamp, ..frame };
         self.delivered.record(&out);
@@ -527,6 +558,18 @@ mod tests {
         assert_eq!(out.len(), 3);
         assert_eq!(out[1].payload, new_header.payload);
         assert!(out[1].timestamp <= out[2].timestamp);
+    }
+
+    #[test]
+    fn within_a_session_the_publishers_own_order_stands() {
+        let mut s = Splicer::new();
+        s.new_session(Some("A".into()));
+        let frames = vec![audio(1, 0), audio(1, 0), video(0, 0), video(0, 0)];
+        assert_eq!(
+            run(&mut s, frames).len(),
+            4,
+            "equal timestamps are not ours to drop"
+        );
     }
 
     #[test]

@@ -289,3 +289,73 @@ async fn check_player<P: FramePlayer>(who: &str, mut player: P) -> Result<(), St
     }
     Ok(())
 }
+
+/// What a real player shows across a publisher reconnect (the encoder
+/// stops for 4 s, then publishes again with timestamps from 0): ffmpeg,
+/// over RTMP and over HTTP-FLV, keeps decoding one stream whose
+/// timestamps only go forward, with no "DTS out of order" or
+/// "non-monotonic" complaint, and gets the second publisher's pictures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_players_decode_on_across_a_publisher_reconnect() {
+    let (origin, first) = origin_with_ffmpeg_publisher("again").await;
+    let rtmp = origin.rtmp_url(APP, "again");
+    let flv = origin.flv_url(APP, "again");
+    // 6 s of video through a 4 s pause: output stream time, which only
+    // grows while the publishers send.
+    let args = |url: &str| {
+        [
+            "-v", "warning", "-i", url, "-map", "0:v", "-t", "6", "-f", "framecrc", "-",
+        ]
+        .map(str::to_owned)
+    };
+    let (rtmp_args, flv_args) = (args(&rtmp), args(&flv));
+    let players = tokio::spawn(async move {
+        let r: Vec<&str> = rtmp_args.iter().map(String::as_str).collect();
+        let f: Vec<&str> = flv_args.iter().map(String::as_str).collect();
+        tokio::join!(
+            ffmpeg::ffmpeg(&r, Duration::from_secs(40)),
+            ffmpeg::ffmpeg(&f, Duration::from_secs(40)),
+        )
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop_publisher(first).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let fixture = ffmpeg::fixture_flv().await;
+    let second = publish_loop(
+        &fixture,
+        &rtmp,
+        origin.dir().join("ffmpeg-publish-again-2.log"),
+    );
+    let (rtmp_out, flv_out) = players.await.expect("players");
+    for (url, out) in [(&rtmp, rtmp_out), (&flv, flv_out)] {
+        let out = out.unwrap_or_else(|e| panic!("playing {url}: {e}"));
+        assert!(
+            out.success(),
+            "ffmpeg playing {url} exited with {}:\n{}",
+            out.status,
+            out.stderr
+        );
+        assert!(
+            error_lines(&out.stderr).is_empty(),
+            "ffmpeg complained playing {url} across the reconnect:\n{}",
+            out.stderr
+        );
+        let dts: Vec<i64> = out
+            .stdout
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(',').nth(1)?.trim().parse().ok())
+            .collect();
+        assert!(
+            dts.windows(2).all(|w| w[0] < w[1]),
+            "{url}: decoded timestamps go backwards: {dts:?}"
+        );
+        // 6 s at 30 fps: pictures from both publishers (3 s of the first).
+        assert!(
+            dts.len() >= 150,
+            "{url}: only {} pictures decoded",
+            dts.len()
+        );
+    }
+    stop_publisher(second).await;
+}

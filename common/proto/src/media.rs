@@ -92,6 +92,8 @@ impl AudioCodec {
     }
 }
 
+/// The AMF0 encoding of the string `onMetaData`.
+const ON_METADATA: &[u8] = b"\x02\x00\x0aonMetaData";
 /// Enhanced RTMP: bit 7 of the first video byte marks the extended header.
 const VIDEO_EX_HEADER: u8 = 0x80;
 const FOURCC_AVC1: u32 = u32::from_be_bytes(*b"avc1");
@@ -114,6 +116,11 @@ impl MediaFrame {
 
     pub fn is_audio(&self) -> bool {
         self.kind == MediaKind::Audio
+    }
+
+    /// An `onMetaData` script-data frame (AMF0 string `onMetaData` first).
+    pub fn is_metadata(&self) -> bool {
+        self.kind == MediaKind::Data && self.payload.starts_with(ON_METADATA)
     }
 
     /// A video frame a decoder can start on (FLV frame type 1), excluding

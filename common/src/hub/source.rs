@@ -19,6 +19,7 @@ use super::frame::SharedFrame;
 use super::wakeup::Wakeup;
 use super::{HubConfig, StreamKey};
 use crate::media::{AudioCodec, MediaFrame, MediaKind, VideoCodec};
+use crate::splice::{Splicer, Verdict};
 
 /// What players read from a source, in order.
 #[derive(Debug, Clone)]
@@ -70,6 +71,8 @@ pub(crate) struct SourceState {
     pub idle_since: Option<Instant>,
     pub published_at: Option<Instant>,
     pub rate_in: RateMeter,
+    /// Keeps the players' timeline continuous across publishers.
+    pub splicer: Splicer,
 }
 
 impl SourceState {
@@ -194,8 +197,6 @@ pub struct SourceStats {
     pub cached_frames: usize,
 }
 
-const ON_METADATA: &[u8] = b"\x02\x00\x0aonMetaData";
-
 impl Source {
     pub(crate) fn new(id: u64, key: StreamKey, config: Arc<HubConfig>) -> Self {
         let now = Instant::now();
@@ -221,6 +222,7 @@ impl Source {
                 idle_since: Some(now),
                 published_at: None,
                 rate_in: RateMeter::new(now),
+                splicer: Splicer::new(),
             }),
             wakeup,
             coalescing,
@@ -297,6 +299,7 @@ impl Source {
         if state.publisher.is_some() {
             return false;
         }
+        state.splicer.new_session(Some(publisher.timeline.clone()));
         state.publisher = Some(publisher);
         state.published_at = Some(Instant::now());
         state.idle_since = None;
@@ -310,13 +313,10 @@ impl Source {
         let mut state = self.lock();
         state.publisher = None;
         state.published_at = None;
-        // A new publisher starts a new timeline: nothing of the old one may
-        // be served to players joining later.
+        // Nothing of the old GOP is served to players joining later. The
+        // headers stay: the splicer passes a new publisher's headers only
+        // when they change, which then replaces them here.
         state.gop_start = None;
-        state.metadata = None;
-        state.video_header = None;
-        state.audio_header = None;
-        state.has_video = false;
         Self::append(&mut state, &self.config, HubItem::Unpublished, 0);
         state.update_idle(Instant::now());
         drop(state);
@@ -329,10 +329,21 @@ impl Source {
         let len = frame.payload.len();
         self.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
         self.frames_in.fetch_add(1, Ordering::Relaxed);
-        let is_keyframe = frame.is_keyframe();
-        let shared = Arc::new(SharedFrame::new(frame));
         let mut state = self.lock();
         state.rate_in.add(len, Instant::now());
+        // One timeline for players across publishers (see `splice`): a
+        // republished stream continues where the last one ended, frames a
+        // re-attaching edge sends again are not stored twice.
+        let frame = match state.splicer.push(frame) {
+            Verdict::Deliver(frame) => frame,
+            Verdict::Drop(reason) => {
+                metrics::counter!("baton_splice_dropped_total", "reason" => reason.as_str())
+                    .increment(1);
+                return;
+            }
+        };
+        let is_keyframe = frame.is_keyframe();
+        let shared = Arc::new(SharedFrame::new(frame));
         let frame = &shared.frame;
         match frame.kind {
             MediaKind::Video => {
@@ -353,7 +364,7 @@ impl Source {
                 }
             }
             MediaKind::Data => {
-                if frame.payload.starts_with(ON_METADATA) {
+                if frame.is_metadata() {
                     state.metadata = Some(shared.clone());
                 }
             }

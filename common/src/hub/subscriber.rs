@@ -60,7 +60,10 @@ impl Subscriber {
                 awaiting,
             )
         } else {
-            (state.head_seq(), false)
+            // Waiting for a publisher: start with its first keyframe, with
+            // the headers in force then (a republish does not repeat
+            // headers that did not change).
+            (state.head_seq(), true)
         };
         drop(state);
         Subscriber {
@@ -123,9 +126,16 @@ impl Subscriber {
             self.cursor += 1;
             if self.awaiting_keyframe {
                 match &entry.item {
-                    HubItem::Frame(f) if f.frame.is_keyframe() => {
+                    HubItem::Frame(f)
+                        if f.frame.is_keyframe() || (!state.has_video && f.frame.is_audio()) =>
+                    {
                         self.awaiting_keyframe = false;
                         out.extend(state.headers());
+                        if f.frame.is_sequence_header() {
+                            // An audio-only stream's config is among the
+                            // headers just sent.
+                            continue;
+                        }
                     }
                     HubItem::Frame(f) if state.has_video || f.frame.is_video() => {
                         self.frames_dropped += 1;

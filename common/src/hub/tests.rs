@@ -197,14 +197,27 @@ fn players_stay_through_unpublish_and_get_the_next_publisher() {
     let mut late = hub.subscribe(&key());
     assert!(drain(&mut late).is_empty());
 
-    let publisher = hub.publish(key(), publisher_info()).unwrap();
+    // A new publisher (another timeline) restarting at 0: players that
+    // stayed continue one timeline (one frame interval after the last)
+    // without the unchanged header again; the late joiner gets the header
+    // with the first keyframe.
+    let next = PublisherInfo {
+        timeline: "t2".into(),
+        ..publisher_info()
+    };
+    let publisher = hub.publish(key(), next).unwrap();
     publisher.push(video_header());
     publisher.push(keyframe(0));
-    for p in [&mut player, &mut late] {
-        let items = drain(p);
-        assert!(matches!(items.first(), Some(HubItem::Published)));
-        assert_eq!(frames(&items), vec![video_header(), keyframe(0)]);
-    }
+    let spliced = MediaFrame {
+        timestamp: 5000 + 33,
+        ..keyframe(0)
+    };
+    let items = drain(&mut player);
+    assert!(matches!(items.first(), Some(HubItem::Published)));
+    assert_eq!(frames(&items), vec![spliced.clone()]);
+    let items = drain(&mut late);
+    assert!(matches!(items.first(), Some(HubItem::Published)));
+    assert_eq!(frames(&items), vec![video_header(), spliced]);
 }
 
 #[test]

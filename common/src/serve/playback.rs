@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::hub::{HubItem, SubscribeError, Subscriber};
 use crate::lifecycle::Shutdown;
 
+use super::settings::Republish;
 use super::ServerContext;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -52,7 +53,8 @@ impl Playback {
             shutdown: ctx.shutdown.clone(),
             kick,
             play_wait_timeout: ctx.settings.play_wait_timeout,
-            unpublish_ends_play: ctx.streams.unpublish_ends_play(),
+            unpublish_ends_play: ctx.streams.unpublish_ends_play()
+                || ctx.settings.republish == Republish::End,
             unpublished_since: (!published).then(Instant::now),
             closing_since: None,
         }
@@ -60,6 +62,12 @@ impl Playback {
 
     pub fn source(&self) -> &Arc<crate::hub::Source> {
         self.subscriber.source()
+    }
+
+    /// Whether the play ends when the publisher leaves (rather than
+    /// waiting for the next one, whose frames continue the timeline).
+    pub fn ends_at_unpublish(&self) -> bool {
+        self.unpublish_ends_play
     }
 
     pub fn is_waiting_for_publisher(&self) -> bool {

@@ -327,6 +327,13 @@ impl Connection {
         let mut segments: Vec<Bytes> = Vec::with_capacity(64);
         let reconnect = self.ctx.shutdown.reconnect.clone();
         let mut asked_to_reconnect = false;
+        // Who hears of a publisher leaving and another coming: players
+        // whose play ends there, and clients that announced Enhanced RTMP
+        // reconnect support (Baton edges: they follow publishers between
+        // origins). Others keep playing one spliced timeline: a legacy
+        // player (ffmpeg) ends its play at UnpublishNotify.
+        let notify_changes = self.session.can_reconnect() || playback.ends_at_unpublish();
+        let mut unpublish_notified = false;
         loop {
             let step = tokio::select! {
                 _ = reconnect.cancelled(), if !asked_to_reconnect => {
@@ -356,7 +363,7 @@ impl Connection {
                             "NetStream.Play.StreamNotFound",
                             &format!("{key} is not published"),
                         );
-                    } else if !playback.is_waiting_for_publisher() {
+                    } else if !unpublish_notified {
                         // End of stream, once: not again if the player
                         // already heard the publisher leave.
                         self.session.notify_unpublish(stream_id);
@@ -379,14 +386,18 @@ impl Connection {
                         });
                     }
                     HubItem::Unpublished => {
-                        if started {
+                        if started && notify_changes {
                             self.session.notify_unpublish(stream_id);
+                            unpublish_notified = true;
                         }
                     }
                     HubItem::Published => {
                         self.session.set_timeline(source.timeline());
                         if started {
-                            self.session.notify_publish(stream_id);
+                            if notify_changes {
+                                self.session.notify_publish(stream_id);
+                                unpublish_notified = false;
+                            }
                         } else {
                             self.session.accept_play(stream_id);
                             started = true;

@@ -89,6 +89,11 @@ pub struct SettingsArgs {
     /// Players batch writes for at most this long (0 = write each frame at once); trades a little latency for far fewer syscalls. [default: 20ms]
     #[arg(long, env = "BATON_WRITE_COALESCE")]
     pub write_coalesce: Option<HumanDuration>,
+    /// When a stream's publisher leaves and another comes: "splice" keeps
+    /// players connected on one continuous timeline (what browser players
+    /// need); "end" ends their play so they reconnect. [default: splice]
+    #[arg(long, env = "BATON_REPUBLISH", value_enum)]
+    pub republish: Option<Republish>,
     /// Most concurrent client connections; more are refused and logged. [default: 18000]
     #[arg(long, env = "BATON_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -101,6 +106,16 @@ pub struct SettingsArgs {
     /// A player whose socket accepts no data for this long is disconnected. [default: 20s]
     #[arg(long, env = "BATON_PLAYER_WRITE_TIMEOUT")]
     pub player_write_timeout: Option<HumanDuration>,
+}
+
+/// What players see when their stream's publisher is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Republish {
+    /// Stay connected; the next publisher's frames continue the timeline.
+    Splice,
+    /// End the play (RTMP unpublish status and close; end of the FLV body).
+    End,
 }
 
 /// The resolved settings a node runs with.
@@ -123,6 +138,7 @@ pub struct Settings {
     pub handshake_timeout: Duration,
     pub publish_idle_timeout: Duration,
     pub player_write_timeout: Duration,
+    pub republish: Republish,
     pub hub: HubConfig,
 }
 
@@ -170,6 +186,7 @@ impl Settings {
             handshake_timeout: dur(a.handshake_timeout, Duration::from_millis(10_000)),
             publish_idle_timeout: dur(a.publish_idle_timeout, Duration::from_millis(20_000)),
             player_write_timeout: dur(a.player_write_timeout, Duration::from_millis(20_000)),
+            republish: pick(a.republish, Republish::Splice),
             hub: HubConfig {
                 gop_cache: pick(a.gop_cache, hub_defaults.gop_cache),
                 max_queue_frames: pick(a.max_queue_frames, hub_defaults.max_queue_frames),
