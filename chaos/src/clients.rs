@@ -216,7 +216,11 @@ impl Player {
     }
 
     pub fn indexed(&self) -> usize {
-        lock(&self.log).frames.iter().filter(|a| a.index.is_some()).count()
+        lock(&self.log)
+            .frames
+            .iter()
+            .filter(|a| a.index.is_some())
+            .count()
     }
 
     pub fn stop(self) -> PlayLog {
@@ -293,7 +297,9 @@ async fn play(protocol: Protocol, url: String, reconnect: bool, log: Arc<Mutex<P
             Err(_) if !connected_once && Instant::now() < first_deadline => {}
             Err(_) if connected_once && reconnect => {}
             Err(e) => {
-                lock(&log).ends.push((Instant::now(), format!("connect: {e}")));
+                lock(&log)
+                    .ends
+                    .push((Instant::now(), format!("connect: {e}")));
                 return;
             }
         }

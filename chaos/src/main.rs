@@ -30,7 +30,10 @@ use crate::dur::Dur;
 use crate::scenario::Scenario;
 
 #[derive(Parser)]
-#[command(name = "baton-chaos", about = "Fault injection against real Baton processes")]
+#[command(
+    name = "baton-chaos",
+    about = "Fault injection against real Baton processes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -107,7 +110,10 @@ async fn command(command: Command) -> anyhow::Result<bool> {
         } => {
             let s = soak::scenario(seed, duration.0);
             if print {
-                print!("{}", toml::to_string(&s).context("serialising the schedule")?);
+                print!(
+                    "{}",
+                    toml::to_string(&s).context("serialising the schedule")?
+                );
                 return Ok(true);
             }
             eprintln!(
@@ -141,7 +147,13 @@ async fn run_files(files: &[PathBuf], out: &Path, ci: bool) -> anyhow::Result<bo
                     .map(|t| t.longest_stall_ms)
                     .max()
                     .unwrap_or_default();
-                results.push((s.name.clone(), report.passed, worst, t.elapsed(), String::new()));
+                results.push((
+                    s.name.clone(),
+                    report.passed,
+                    worst,
+                    t.elapsed(),
+                    String::new(),
+                ));
             }
             Err(e) => {
                 println!("ERROR {}: {e:#}", s.name);
@@ -152,13 +164,20 @@ async fn run_files(files: &[PathBuf], out: &Path, ci: bool) -> anyhow::Result<bo
     let passed = results.iter().all(|r| r.1);
     if ci || results.len() > 1 {
         println!("\n=== chaos suite: {} scenario(s) ===", results.len());
-        println!("  {:<28} {:<6} {:>14} {:>8}", "scenario", "result", "worst stall ms", "wall s");
+        println!(
+            "  {:<28} {:<6} {:>14} {:>8}",
+            "scenario", "result", "worst stall ms", "wall s"
+        );
         for (name, ok, stall, wall, err) in &results {
             println!(
                 "  {name:<28} {:<6} {stall:>14} {:>8.1}{}",
                 if *ok { "PASS" } else { "FAIL" },
                 wall.as_secs_f64(),
-                if err.is_empty() { String::new() } else { format!("  {err}") }
+                if err.is_empty() {
+                    String::new()
+                } else {
+                    format!("  {err}")
+                }
             );
         }
         println!(

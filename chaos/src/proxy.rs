@@ -232,7 +232,11 @@ mod tests {
         let t = std::time::Instant::now();
         c.write_all(b"pong").await?;
         tokio::time::timeout(Duration::from_secs(2), c.read_exact(&mut buf)).await??;
-        assert!(t.elapsed() >= Duration::from_millis(280), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(280),
+            "{:?}",
+            t.elapsed()
+        );
         proxy.set_mode(Mode::Reset);
         let r = tokio::time::timeout(Duration::from_secs(2), c.read(&mut buf)).await?;
         assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");

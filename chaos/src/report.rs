@@ -273,8 +273,16 @@ pub fn violations(
         check("disconnects", t.disconnects, expect.max_disconnects);
         check("lost frames", t.lost, expect.max_lost);
         check("duplicated frames", t.duplicated, expect.max_duplicated);
-        check("out-of-order frames", t.out_of_order, expect.max_out_of_order);
-        check("timestamp regressions", t.regressions, expect.max_regressions);
+        check(
+            "out-of-order frames",
+            t.out_of_order,
+            expect.max_out_of_order,
+        );
+        check(
+            "timestamp regressions",
+            t.regressions,
+            expect.max_regressions,
+        );
         check("longest stall (ms)", t.longest_stall_ms, stall);
         if t.received == 0 {
             v.push(format!("{}: received nothing", t.player));
@@ -287,7 +295,8 @@ fn opt(v: Option<u64>) -> String {
     v.map_or("-".to_owned(), |v| v.to_string())
 }
 
-const HEAD: &str = "  player          disc   sent   recv  lost  dup  ooo  regr  stall_ms  recover_ms";
+const HEAD: &str =
+    "  player          disc   sent   recv  lost  dup  ooo  regr  stall_ms  recover_ms";
 
 fn row(s: &PlayerStats) -> String {
     format!(
@@ -353,7 +362,10 @@ impl Report {
         for t in &self.totals {
             let _ = writeln!(out, "{}", row(t));
         }
-        let _ = writeln!(out, "  (* = its own edge or publisher is faulted: reported, not checked)");
+        let _ = writeln!(
+            out,
+            "  (* = its own edge or publisher is faulted: reported, not checked)"
+        );
         if self.passed {
             let _ = writeln!(out, "PASS {}", self.scenario);
         } else {
@@ -407,7 +419,8 @@ mod tests {
         let sent: Vec<(Instant, u32)> = (0..20).map(|i| (at(i * 100), i as u32)).collect();
         let mut log = PlayLog::default();
         for i in 0..10u32 {
-            log.frames.push(arrival(at(u64::from(i) * 100 + 5), i, i * 100));
+            log.frames
+                .push(arrival(at(u64::from(i) * 100 + 5), i, i * 100));
         }
         log.frames.push(arrival(at(1005), 10, 1000));
         log.frames.push(arrival(at(1405), 11, 1100));
@@ -417,10 +430,14 @@ mod tests {
             } else {
                 i * 100
             };
-            log.frames.push(arrival(at(1400 + u64::from(i - 12) * 20), i, ts));
+            log.frames
+                .push(arrival(at(1400 + u64::from(i - 12) * 20), i, ts));
         }
         let stats = player_windows("p", false, &log, &sent, &windows);
-        assert_eq!(stats[0].lost + stats[0].duplicated + stats[0].regressions, 0);
+        assert_eq!(
+            stats[0].lost + stats[0].duplicated + stats[0].regressions,
+            0
+        );
         assert_eq!(stats[0].received, 10);
         assert_eq!(stats[0].sent, 10);
         assert_eq!(stats[1].lost, 1);

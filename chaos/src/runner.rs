@@ -46,8 +46,15 @@ pub async fn run(
         publishers.push(Publisher::start(&p.name, &p.stream, url, p.fps, p.gop));
     }
     for p in &scenario.publishers {
-        if topo.holder(&p.stream, Duration::from_secs(10)).await.is_none() {
-            bail!("no origin publishes {} 10 s after the publisher started", p.stream);
+        if topo
+            .holder(&p.stream, Duration::from_secs(10))
+            .await
+            .is_none()
+        {
+            bail!(
+                "no origin publishes {} 10 s after the publisher started",
+                p.stream
+            );
         }
     }
     let mut players = Vec::new();
@@ -82,7 +89,10 @@ pub async fn run(
     }];
     let holder_stream = scenario.publishers[0].stream.clone();
     let ticker = progress.then(|| {
-        let logs: Vec<_> = players.iter().map(|p| (p.name.clone(), p.log.clone())).collect();
+        let logs: Vec<_> = players
+            .iter()
+            .map(|p| (p.name.clone(), p.log.clone()))
+            .collect();
         let total = scenario.duration.0;
         tokio::spawn(async move {
             loop {
@@ -149,7 +159,10 @@ pub async fn run(
     }
     // Frames written just before the stop get time to arrive.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let play_logs: Vec<_> = players.into_iter().map(|p| (p.name.clone(), p.stop())).collect();
+    let play_logs: Vec<_> = players
+        .into_iter()
+        .map(|p| (p.name.clone(), p.stop()))
+        .collect();
     drop(topo);
 
     let mut reports: Vec<WindowReport> = windows
@@ -177,10 +190,12 @@ pub async fn run(
         }
     }
     for (spec, (name, _, log)) in scenario.publishers.iter().zip(&pub_logs) {
-        for (r, s) in reports
-            .iter_mut()
-            .zip(report::publisher_windows(name, spec.disrupted, log, &windows))
-        {
+        for (r, s) in reports.iter_mut().zip(report::publisher_windows(
+            name,
+            spec.disrupted,
+            log,
+            &windows,
+        )) {
             r.publishers.push(s);
         }
     }
@@ -252,7 +267,11 @@ async fn apply(
             let p = proc_mut(topo, node);
             let pid = p.signal(sig)?;
             let took = p.wait_gone(EXIT_WAIT).await?;
-            Ok(format!("{} pid {pid} exited after {} ms", p.name, took.as_millis()))
+            Ok(format!(
+                "{} pid {pid} exited after {} ms",
+                p.name,
+                took.as_millis()
+            ))
         }
         Action::Stop { target, hold } => {
             let node = resolve(topo, target, holder)?;
@@ -307,7 +326,14 @@ async fn apply(
             hold,
         } => net(topo, target, holder, Mode::Throttle(*bytes_per_sec), hold.0).await,
         Action::Reset { target } => {
-            net(topo, target, holder, Mode::Reset, Duration::from_millis(100)).await
+            net(
+                topo,
+                target,
+                holder,
+                Mode::Reset,
+                Duration::from_millis(100),
+            )
+            .await
         }
         Action::Flap {
             target,
@@ -393,7 +419,10 @@ async fn upgrade(p: &mut Proc) -> anyhow::Result<String> {
     while alive(old) {
         p.reap();
         if start.elapsed() > EXIT_WAIT {
-            bail!("{}: old generation {old} still running after {EXIT_WAIT:?}", p.name);
+            bail!(
+                "{}: old generation {old} still running after {EXIT_WAIT:?}",
+                p.name
+            );
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

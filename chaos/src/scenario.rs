@@ -55,7 +55,9 @@ fn default_origin_args() -> Vec<String> {
 }
 
 fn default_edge_args() -> Vec<String> {
-    ["--upstream-stall-timeout", "1s"].map(String::from).to_vec()
+    ["--upstream-stall-timeout", "1s"]
+        .map(String::from)
+        .to_vec()
 }
 
 impl Default for TopologySpec {
@@ -146,13 +148,16 @@ impl std::str::FromStr for Target {
             .with_context(|| format!("target {s:?} is not origin:N, origin:holder or edge:N"))?;
         match (kind, which) {
             ("origin", "holder") => Ok(Target::Holder),
-            ("origin", n) => Ok(Target::Origin(n.parse().with_context(|| {
-                format!("target {s:?}: {n:?} is not an origin index")
-            })?)),
-            ("edge", n) => Ok(Target::Edge(
-                n.parse()
-                    .with_context(|| format!("target {s:?}: {n:?} is not an edge index"))?,
-            )),
+            ("origin", n) => {
+                Ok(Target::Origin(n.parse().with_context(|| {
+                    format!("target {s:?}: {n:?} is not an origin index")
+                })?))
+            }
+            ("edge", n) => {
+                Ok(Target::Edge(n.parse().with_context(|| {
+                    format!("target {s:?}: {n:?} is not an edge index")
+                })?))
+            }
             _ => bail!("target {s:?} is not origin:N, origin:holder or edge:N"),
         }
     }
@@ -430,7 +435,9 @@ impl Scenario {
             if let Some(target) = f.action.target() {
                 check_target(target, &what)?;
                 if f.action.network() && matches!(target, Target::Edge(_)) {
-                    bail!("{what}: network faults apply to origins (the proxy sits in front of them)");
+                    bail!(
+                        "{what}: network faults apply to origins (the proxy sits in front of them)"
+                    );
                 }
             }
             if let Action::PublisherReconnect { publisher } = &f.action {
@@ -516,7 +523,12 @@ max_stall = "1.5s"
     #[test]
     fn bad_scenarios_are_refused_with_a_reason() {
         let out_of_range = SAMPLE.replace("origin:1", "origin:7");
-        let err = format!("{:#}", Scenario::parse(&out_of_range).err().map_or(String::new(), |e| format!("{e:#}")));
+        let err = format!(
+            "{:#}",
+            Scenario::parse(&out_of_range)
+                .err()
+                .map_or(String::new(), |e| format!("{e:#}"))
+        );
         assert!(err.contains("origin:7"), "{err}");
         let unordered = SAMPLE.replace("at = \"4s\"", "at = \"1s\"");
         assert!(Scenario::parse(&unordered).is_err());

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use crate::dur::Dur;
 use crate::scenario::{
-    Action, Expect, FaultSpec, PlayerSpec, Protocol, PublisherSpec, Scenario, Target,
-    TopologySpec,
+    Action, Expect, FaultSpec, PlayerSpec, Protocol, PublisherSpec, Scenario, Target, TopologySpec,
 };
 
 /// splitmix64: tiny, well mixed, and the same everywhere.
@@ -62,14 +61,30 @@ pub fn scenario(seed: u64, duration: Duration) -> Scenario {
             0 | 1 => {
                 // Killed origins come back: target a fixed one so the
                 // restart finds it.
-                push(at, Action::Kill { target: resolved.clone() });
-                push(at + Duration::from_secs(2), Action::Start { target: resolved });
+                push(
+                    at,
+                    Action::Kill {
+                        target: resolved.clone(),
+                    },
+                );
+                push(
+                    at + Duration::from_secs(2),
+                    Action::Start { target: resolved },
+                );
             }
             2 => push(at, Action::Stop { target, hold }),
             3 => push(at, Action::Upgrade { target }),
             4 => {
-                push(at, Action::Quit { target: resolved.clone() });
-                push(at + Duration::from_secs(3), Action::Start { target: resolved });
+                push(
+                    at,
+                    Action::Quit {
+                        target: resolved.clone(),
+                    },
+                );
+                push(
+                    at + Duration::from_secs(3),
+                    Action::Start { target: resolved },
+                );
             }
             5 => push(at, Action::Blackhole { target, hold }),
             6 => push(

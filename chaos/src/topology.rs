@@ -134,9 +134,9 @@ impl Topology {
             return false;
         };
         body["streams"].as_array().is_some_and(|streams| {
-            streams.iter().any(|s| {
-                s["app"] == APP && s["name"] == stream && s["publish"]["active"] == true
-            })
+            streams
+                .iter()
+                .any(|s| s["app"] == APP && s["name"] == stream && s["publish"]["active"] == true)
         })
     }
 
