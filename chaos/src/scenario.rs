@@ -523,12 +523,9 @@ max_stall = "1.5s"
     #[test]
     fn bad_scenarios_are_refused_with_a_reason() {
         let out_of_range = SAMPLE.replace("origin:1", "origin:7");
-        let err = format!(
-            "{:#}",
-            Scenario::parse(&out_of_range)
-                .err()
-                .map_or(String::new(), |e| format!("{e:#}"))
-        );
+        let err = Scenario::parse(&out_of_range)
+            .err()
+            .map_or(String::new(), |e| format!("{e:#}"));
         assert!(err.contains("origin:7"), "{err}");
         let unordered = SAMPLE.replace("at = \"4s\"", "at = \"1s\"");
         assert!(Scenario::parse(&unordered).is_err());
