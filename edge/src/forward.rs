@@ -86,7 +86,10 @@ impl Forward {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
-            match self.session(origin, &mut picker).await {
+            // The session may move (planned) to another origin: what fails
+            // is the one it is on then.
+            let mut origin = origin;
+            match self.session(&mut origin, &mut picker).await {
                 SessionEnd::PublishEnded => return "the publisher left",
                 SessionEnd::Failed(error) => {
                     tracing::warn!(stream = %self.key, origin = %origin.rtmp, error, "forward failed; moving to the next origin");
@@ -119,7 +122,8 @@ impl Forward {
             .or(self.sent.front())
             .map(|(_, ts)| *ts);
         self.subscriber = self.core.hub.subscribe_resuming(&self.key, resume);
-        self.sent.clear();
+        // The log is kept: if the next origin fails before anything new
+        // was sent, the next rewind must reach back as far as this one.
     }
 
     /// Open `origin` and publish there under this publish's timeline id.
@@ -136,8 +140,8 @@ impl Forward {
         Ok(upstream)
     }
 
-    async fn session(&mut self, first: OriginAddr, picker: &mut OriginPicker) -> SessionEnd {
-        let mut origin = first;
+    async fn session(&mut self, current: &mut OriginAddr, picker: &mut OriginPicker) -> SessionEnd {
+        let mut origin = *current;
         let mut upstream = match Self::open(&self.core, &self.key, &self.timeline, origin).await {
             Ok(upstream) => upstream,
             Err(error) => return SessionEnd::Failed(format!("{error:#}")),
@@ -160,6 +164,7 @@ impl Forward {
                         let old = std::mem::replace(&mut upstream, new_upstream);
                         old.unpublish(&self.key.stream).await;
                         origin = to;
+                        *current = to;
                         self.status.serving(origin.rtmp);
                         metrics::counter!("baton_edge_planned_moves_total", "direction" => "forward").increment(1);
                     }

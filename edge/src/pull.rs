@@ -126,7 +126,10 @@ impl Pull {
                     continue;
                 }
             };
-            let end = self.session(origin).await;
+            // The session may move (planned) to another origin: what fails
+            // is the one it is on then.
+            let mut origin = origin;
+            let end = self.session(&mut origin).await;
             self.outage_since.get_or_insert_with(Instant::now);
             match end {
                 SessionEnd::Done(reason) => return reason,
@@ -232,8 +235,8 @@ impl Pull {
         }
     }
 
-    async fn session(&mut self, first: OriginAddr) -> SessionEnd {
-        let mut origin = first;
+    async fn session(&mut self, current: &mut OriginAddr) -> SessionEnd {
+        let mut origin = *current;
         let mut upstream = match self.open(origin).await {
             Ok(upstream) => upstream,
             Err(error) => return SessionEnd::Failed(format!("{error:#}")),
@@ -254,6 +257,7 @@ impl Pull {
                         tracing::info!(stream = %self.key, from = %origin.rtmp, to = %to.rtmp, timeline = timeline.as_deref(), "moved to the next upstream (make-before-break)");
                         upstream = new_upstream;
                         origin = to;
+                        *current = to;
                         self.splicer.new_session(timeline);
                         self.handle.status.serving(origin.rtmp);
                         self.outage_since = None;
