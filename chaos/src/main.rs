@@ -68,6 +68,12 @@ enum Command {
         /// Print the generated scenario as TOML instead of running it.
         #[arg(long)]
         print: bool,
+        /// Streams published (one publisher each, alternating edges).
+        #[arg(long, default_value_t = 1)]
+        publishers: usize,
+        /// Players in all, spread over the streams, both edges, RTMP and FLV.
+        #[arg(long, default_value_t = 3)]
+        players: usize,
     },
 }
 
@@ -107,8 +113,17 @@ async fn command(command: Command) -> anyhow::Result<bool> {
             seed,
             out,
             print,
+            publishers,
+            players,
         } => {
-            let s = soak::scenario(seed, duration.0);
+            let s = soak::scenario_with(
+                seed,
+                duration.0,
+                soak::Load {
+                    publishers,
+                    players,
+                },
+            );
             if print {
                 print!(
                     "{}",

@@ -31,10 +31,34 @@ impl Rng {
     }
 }
 
-/// The soak scenario for `seed`: 3 origins, 2 edges, a publisher on edge
-/// 0, RTMP and FLV players on edge 1 and an RTMP player on edge 0; a fault
-/// against an origin every 6–15 s.
+/// How many clients a soak runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    /// Streams, one publisher each, alternating between the two edges.
+    pub publishers: usize,
+    /// Players in all, spread over the streams and both edges, RTMP and
+    /// HTTP-FLV alternating.
+    pub players: usize,
+}
+
+impl Default for Load {
+    fn default() -> Self {
+        Load {
+            publishers: 1,
+            players: 3,
+        }
+    }
+}
+
+/// The soak scenario for `seed`: 3 origins, 2 edges, `load` publishers
+/// and players; a fault against an origin every 6–15 s.
+#[cfg(test)]
 pub fn scenario(seed: u64, duration: Duration) -> Scenario {
+    scenario_with(seed, duration, Load::default())
+}
+
+/// [`scenario`] with another load.
+pub fn scenario_with(seed: u64, duration: Duration, load: Load) -> Scenario {
     let mut rng = Rng(seed);
     let origins = 3usize;
     let mut faults = Vec::new();
@@ -115,35 +139,66 @@ pub fn scenario(seed: u64, duration: Duration) -> Scenario {
         }
         at += Duration::from_secs(6) + rng.ms(3000, 9000).0;
     }
-    let player = |name: &str, edge, protocol| PlayerSpec {
-        name: name.into(),
-        stream: "soak".into(),
-        edge,
-        protocol,
-        disrupted: false,
-        reconnect: true,
+    let stream = |i: usize| {
+        if i == 0 {
+            "soak".to_owned()
+        } else {
+            format!("soak{i}")
+        }
     };
+    let publishers: Vec<PublisherSpec> = (0..load.publishers.max(1))
+        .map(|i| PublisherSpec {
+            name: if i == 0 {
+                "pub".into()
+            } else {
+                format!("pub{i}")
+            },
+            stream: stream(i),
+            via: Target::Edge(i % 2),
+            fps: 30,
+            gop: 15,
+            disrupted: false,
+        })
+        .collect();
+    let players: Vec<PlayerSpec> = (0..load.players.max(1))
+        .map(|j| {
+            // The first stream's players on the other edge than its
+            // publisher, then round-robin.
+            let edge = if j < 3 { [1, 1, 0][j] } else { j % 2 };
+            let protocol = if j % 2 == 1 {
+                Protocol::Flv
+            } else {
+                Protocol::Rtmp
+            };
+            let kind = if protocol == Protocol::Flv {
+                "flv"
+            } else {
+                "rtmp"
+            };
+            PlayerSpec {
+                name: format!("e{edge}-{kind}-{j}"),
+                stream: stream(j % publishers.len()),
+                edge,
+                protocol,
+                disrupted: false,
+                reconnect: true,
+            }
+        })
+        .collect();
     Scenario {
         name: format!("soak-{seed}"),
-        description: format!("random schedule from seed {seed}"),
+        description: format!(
+            "random schedule from seed {seed}: {} publishers, {} players",
+            publishers.len(),
+            players.len()
+        ),
         duration: Dur(duration),
         topology: TopologySpec {
             origins,
             ..TopologySpec::default()
         },
-        publishers: vec![PublisherSpec {
-            name: "pub".into(),
-            stream: "soak".into(),
-            via: Target::Edge(0),
-            fps: 30,
-            gop: 15,
-            disrupted: false,
-        }],
-        players: vec![
-            player("e1-rtmp", 1, Protocol::Rtmp),
-            player("e1-flv", 1, Protocol::Flv),
-            player("e0-rtmp", 0, Protocol::Rtmp),
-        ],
+        publishers,
+        players,
         faults,
         expect: Expect {
             max_stall: Dur::ms(2500),
