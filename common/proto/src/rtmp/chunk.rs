@@ -36,7 +36,7 @@ const MIN_CSID: u32 = 2;
 const MAX_CSID: u32 = 65_599;
 /// Up-front reservation cap for a multi-chunk message; it grows as chunks
 /// actually arrive, so a lying length field cannot reserve memory.
-const MAX_UPFRONT_RESERVATION: usize = 1 << 20;
+const MAX_UPFRONT_RESERVATION: usize = 64 * 1024;
 
 /// One complete message as carried by the chunk stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,11 +58,11 @@ pub enum ChunkError {
         "chunk stream {csid} starts with a format {fmt} chunk; the first chunk must be format 0"
     )]
     MissingFirstHeader { csid: u32, fmt: u8 },
-    #[error("more than {MAX_PARTIAL_MESSAGES} chunk streams have partial messages in flight")]
+    #[error("too many chunk streams have partial messages in flight")]
     TooManyPartialMessages,
     #[error("more than {MAX_CHUNK_STREAMS} chunk streams in use")]
     TooManyChunkStreams,
-    #[error("partial messages would hold more than {MAX_BUFFERED_BYTES} bytes")]
+    #[error("partial messages would hold more bytes than allowed")]
     TooMuchBuffered,
 }
 
@@ -109,6 +109,10 @@ pub struct ChunkDecoder {
     streams: HashMap<u32, DecoderStream>,
     partial_messages: usize,
     buffered_bytes: usize,
+    /// Bounds in force (lowered for a peer not trusted yet, see
+    /// [`ChunkDecoder::set_limits`]).
+    max_partial_messages: usize,
+    max_buffered_bytes: usize,
 }
 
 impl Default for ChunkDecoder {
@@ -125,7 +129,18 @@ impl ChunkDecoder {
             streams: HashMap::new(),
             partial_messages: 0,
             buffered_bytes: 0,
+            max_partial_messages: MAX_PARTIAL_MESSAGES,
+            max_buffered_bytes: MAX_BUFFERED_BYTES,
         }
+    }
+
+    /// Sets every bound at once (each capped at the protocol maximum): a
+    /// server keeps a peer small until it has connected, so a socket that
+    /// never says who it is cannot make the process hold megabytes.
+    pub fn set_limits(&mut self, max_message_len: u32, max_partial: usize, max_buffered: usize) {
+        self.max_message_len = max_message_len.min(MAX_MESSAGE_LEN);
+        self.max_partial_messages = max_partial.min(MAX_PARTIAL_MESSAGES);
+        self.max_buffered_bytes = max_buffered.min(MAX_BUFFERED_BYTES);
     }
 
     pub fn chunk_size(&self) -> u32 {
@@ -308,7 +323,7 @@ impl ChunkDecoder {
             buf.advance(length);
             return Ok(Some(message_from(csid, stream, payload)));
         }
-        if self.partial_messages >= MAX_PARTIAL_MESSAGES {
+        if self.partial_messages >= self.max_partial_messages {
             return Err(ChunkError::TooManyPartialMessages);
         }
         self.reserve_buffered(chunk_payload)?;
@@ -359,7 +374,7 @@ impl ChunkDecoder {
 
     fn reserve_buffered(&mut self, bytes: usize) -> Result<(), ChunkError> {
         let total = self.buffered_bytes + bytes;
-        if total > MAX_BUFFERED_BYTES {
+        if total > self.max_buffered_bytes {
             return Err(ChunkError::TooMuchBuffered);
         }
         self.buffered_bytes = total;

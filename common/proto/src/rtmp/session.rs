@@ -34,7 +34,10 @@ use bytes::{Bytes, BytesMut};
 
 use crate::amf0::{self, Amf0Value};
 use crate::media::{MediaFrame, MediaKind};
-use crate::rtmp::chunk::{encode_standalone, ChunkError, RawMessage};
+use crate::rtmp::chunk::{
+    encode_standalone, ChunkError, RawMessage, MAX_BUFFERED_BYTES, MAX_MESSAGE_LEN,
+    MAX_PARTIAL_MESSAGES,
+};
 use crate::rtmp::handshake::{HandshakeError, HandshakeStatus, ServerHandshake};
 use crate::rtmp::link::Link;
 use crate::rtmp::message::{csid, split_aggregate, MessageError, RtmpMessage, UserControlEvent};
@@ -50,6 +53,14 @@ pub const DEFAULT_WINDOW_ACK_SIZE: u32 = 2_500_000;
 /// (an edge passes it on with `?baton_timeline=ID`), so an edge that moves
 /// between upstreams can tell a continuing timeline from a new publisher.
 pub const TIMELINE_KEY: &str = "batonTimeline";
+/// Until `connect`, a peer may send messages of at most this size (a
+/// connect command is a few hundred bytes)...
+pub const PRE_CONNECT_MAX_MESSAGE: u32 = 64 * 1024;
+/// ...on at most this many chunk streams at once...
+pub const PRE_CONNECT_MAX_PARTIAL: usize = 4;
+/// ...holding at most this much in partial messages.
+pub const PRE_CONNECT_MAX_BUFFERED: usize = 256 * 1024;
+
 /// Enhanced RTMP v2 `capsEx` bit: the peer can be asked to reconnect
 /// (`NetConnection.Connect.ReconnectRequest`) and will do so.
 pub const CAPS_EX_RECONNECT: u32 = 0x01;
@@ -263,10 +274,16 @@ pub struct ServerSession {
 
 impl ServerSession {
     pub fn new(config: SessionConfig) -> Self {
+        let mut link = Link::new(false);
+        link.decoder.set_limits(
+            PRE_CONNECT_MAX_MESSAGE,
+            PRE_CONNECT_MAX_PARTIAL,
+            PRE_CONNECT_MAX_BUFFERED,
+        );
         ServerSession {
             handshake: Some(ServerHandshake::new(config.handshake_seed)),
             config,
-            link: Link::new(false),
+            link,
             events: VecDeque::new(),
             app: None,
             streams: BTreeMap::new(),
@@ -585,6 +602,10 @@ impl ServerSession {
             .get("objectEncoding")
             .and_then(Amf0Value::as_f64)
             .unwrap_or(0.0);
+        // Connected: the protocol's own bounds apply from now on.
+        self.link
+            .decoder
+            .set_limits(MAX_MESSAGE_LEN, MAX_PARTIAL_MESSAGES, MAX_BUFFERED_BYTES);
         self.peer_caps_ex = command_object
             .get("capsEx")
             .and_then(Amf0Value::as_f64)
@@ -1219,6 +1240,39 @@ mod tests {
         std::iter::from_fn(|| decoder.decode(&mut buf).unwrap())
             .map(|raw| RtmpMessage::parse(raw).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn a_peer_is_kept_small_until_it_connects() {
+        // Before connect: a message header declaring 1 MiB is refused.
+        let (mut server, mut encoder) = handshaken_server();
+        let mut out = BytesMut::new();
+        encoder.encode(
+            &RawMessage {
+                csid: 3,
+                timestamp: 0,
+                type_id: 20,
+                stream_id: 0,
+                payload: Bytes::from(vec![0u8; 1024 * 1024]),
+            },
+            &mut out,
+        );
+        let mut first_chunk = out.split_to(12 + 128);
+        assert!(server.handle_input(&mut first_chunk).is_err());
+        // After connect the same message is fine.
+        let (mut server, mut encoder) = connected_raw_server();
+        let mut out = BytesMut::new();
+        encoder.encode(
+            &RawMessage {
+                csid: 5,
+                timestamp: 0,
+                type_id: 9,
+                stream_id: 1,
+                payload: Bytes::from(vec![0x27u8; 1024 * 1024]),
+            },
+            &mut out,
+        );
+        assert!(server.handle_input(&mut out).is_ok());
     }
 
     #[test]
