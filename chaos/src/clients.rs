@@ -69,6 +69,64 @@ impl Publisher {
         }
     }
 
+    /// A real encoder: ffmpeg encoding a test pattern and a tone (H.264
+    /// and AAC, keyframe every `gop` frames) in real time to `url`. Its
+    /// frames carry no index; the log records when ffmpeg exited on its
+    /// own (a disconnect: edges never close a publisher).
+    pub fn start_ffmpeg(name: &str, stream: &str, url: String, gop: u32) -> Publisher {
+        let log = Arc::new(Mutex::new(PubLog::default()));
+        let (reconnect, _ignored) = mpsc::unbounded_channel();
+        let (stop, mut stop_rx) = watch::channel(false);
+        let task_log = log.clone();
+        let task = tokio::spawn(async move {
+            let gop = gop.to_string();
+            let spawned = tokio::process::Command::new("ffmpeg")
+                .args(["-hide_banner", "-nostdin", "-v", "error", "-re"])
+                .args(["-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30"])
+                .args(["-f", "lavfi", "-i", "sine=frequency=440"])
+                .args([
+                    "-c:v",
+                    "libx264",
+                    "-preset",
+                    "ultrafast",
+                    "-tune",
+                    "zerolatency",
+                ])
+                .args(["-g", &gop, "-c:a", "aac", "-f", "flv", &url])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn();
+            let mut child = match spawned {
+                Ok(child) => child,
+                Err(e) => {
+                    lock(&task_log)
+                        .disconnects
+                        .push((Instant::now(), format!("cannot start ffmpeg: {e}")));
+                    return;
+                }
+            };
+            lock(&task_log).connects += 1;
+            tokio::select! {
+                status = child.wait() => {
+                    let why = status.map_or_else(|e| e.to_string(), |s| format!("ffmpeg exited: {s}"));
+                    lock(&task_log).disconnects.push((Instant::now(), why));
+                }
+                _ = stop_rx.changed() => {
+                    let _ = child.kill().await;
+                }
+            }
+        });
+        Publisher {
+            name: name.to_owned(),
+            stream: stream.to_owned(),
+            log,
+            reconnect,
+            stop,
+            task,
+        }
+    }
+
     /// Drop the connection and come back with timestamps from 0.
     pub fn reconnect_from_zero(&self) {
         let _ = self.reconnect.send(());
@@ -196,6 +254,8 @@ pub struct PlayLog {
     /// When each connection ended and why.
     pub ends: Vec<(Instant, String)>,
     pub connects: u32,
+    /// What a real decoder (ffmpeg) complained about.
+    pub decoder_errors: Vec<String>,
 }
 
 pub struct Player {
@@ -215,11 +275,13 @@ impl Player {
         }
     }
 
-    pub fn indexed(&self) -> usize {
+    /// Audio and video frames received so far (decoded pictures for an
+    /// ffmpeg player).
+    pub fn received(&self) -> usize {
         lock(&self.log)
             .frames
             .iter()
-            .filter(|a| a.index.is_some())
+            .filter(|a| a.kind != MediaKind::Data)
             .count()
     }
 
@@ -271,6 +333,7 @@ async fn play(protocol: Protocol, url: String, reconnect: bool, log: Arc<Mutex<P
                     Err(_) => Err("connect timed out".to_owned()),
                 }
             }
+            Protocol::Ffmpeg => ffmpeg_play(&url, conn, &log).await,
             Protocol::Flv => match FlvPlayer::connect_within(&url, CONNECT_TIMEOUT).await {
                 Ok(mut p) if p.status == 200 => {
                     lock(&log).connects += 1;
@@ -305,4 +368,54 @@ async fn play(protocol: Protocol, url: String, reconnect: bool, log: Arc<Mutex<P
         }
         tokio::time::sleep(RETRY).await;
     }
+}
+
+/// One ffmpeg decoding `url` until it ends: every decoded picture is an
+/// arrival (timestamp = its DTS in ms), every stderr line a decoder error.
+async fn ffmpeg_play(url: &str, conn: u32, log: &Arc<Mutex<PlayLog>>) -> Result<String, String> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = tokio::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-v", "error", "-i", url])
+        .args(["-map", "0:v", "-f", "framecrc", "-"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start ffmpeg: {e}"))?;
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err("ffmpeg without pipes".to_owned());
+    };
+    lock(log).connects += 1;
+    let errors_log = log.clone();
+    let errors = tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if !line.trim().is_empty() {
+                lock(&errors_log).decoder_errors.push(line);
+            }
+        }
+    });
+    let mut lines = BufReader::new(stdout).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some(dts) = line
+            .split(',')
+            .nth(1)
+            .and_then(|f| f.trim().parse::<i64>().ok())
+        else {
+            continue;
+        };
+        lock(log).frames.push(Arrival {
+            at: Instant::now(),
+            index: None,
+            kind: MediaKind::Video,
+            timestamp: u32::try_from(dts.max(0)).unwrap_or(u32::MAX),
+            conn,
+        });
+    }
+    let status = child.wait().await.map_err(|e| e.to_string())?;
+    let _ = errors.await;
+    Ok(format!("ffmpeg exited: {status}"))
 }

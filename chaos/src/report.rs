@@ -41,6 +41,8 @@ pub struct PlayerStats {
     pub duplicated: u64,
     pub out_of_order: u64,
     pub regressions: u64,
+    /// Lines a real decoder (ffmpeg player) complained with.
+    pub decoder_errors: u64,
     pub longest_stall_ms: u64,
     /// From the fault to the first frame published after it arriving.
     pub recover_ms: Option<u64>,
@@ -152,6 +154,8 @@ pub fn player_windows(
             out[w].disconnects += 1;
         }
     }
+    // A real decoder's complaints carry no time: counted over the run.
+    out[last_w].decoder_errors = log.decoder_errors.len() as u64;
     for (w, window) in windows.iter().enumerate().skip(1) {
         let Some(&(_, first_after)) = sent.iter().find(|(at, _)| *at >= window.start) else {
             continue;
@@ -174,6 +178,17 @@ fn account(
     last_ts: &mut HashMap<(u32, bool), u32>,
 ) {
     let Some(index) = a.index else {
+        // A real decoder's picture (ffmpeg player): no index to account
+        // for, but its timestamps must only go forward.
+        if a.kind == MediaKind::Video {
+            let regression = last_ts
+                .insert((a.conn, true), a.timestamp)
+                .is_some_and(|previous| a.timestamp <= previous);
+            if let Some(w) = w {
+                out[w].received += 1;
+                out[w].regressions += u64::from(regression);
+            }
+        }
         return;
     };
     let track = match a.kind {
@@ -207,6 +222,7 @@ pub fn total(windows: &[PlayerStats]) -> PlayerStats {
         t.duplicated += s.duplicated;
         t.out_of_order += s.out_of_order;
         t.regressions += s.regressions;
+        t.decoder_errors += s.decoder_errors;
         t.longest_stall_ms = t.longest_stall_ms.max(s.longest_stall_ms);
         t.recover_ms = match (t.recover_ms, s.recover_ms) {
             (Some(a), Some(b)) => Some(a.max(b)),
@@ -284,6 +300,7 @@ pub fn violations(
             expect.max_regressions,
         );
         check("longest stall (ms)", t.longest_stall_ms, stall);
+        check("decoder errors", t.decoder_errors, 0);
         if t.received == 0 {
             v.push(format!("{}: received nothing", t.player));
         }

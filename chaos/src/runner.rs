@@ -12,7 +12,7 @@ use crate::clients::{lock, Player, Publisher};
 use crate::process::{alive, Proc};
 use crate::proxy::Mode;
 use crate::report::{self, Report, Window, WindowReport};
-use crate::scenario::{Action, Protocol, Scenario, Target};
+use crate::scenario::{Action, Protocol, PublisherKind, Scenario, Target};
 use crate::topology::{Topology, APP};
 
 const EXIT_WAIT: Duration = Duration::from_secs(15);
@@ -43,7 +43,10 @@ pub async fn run(
             }
             Target::Holder => bail!("publisher {} via origin:holder", p.name),
         };
-        publishers.push(Publisher::start(&p.name, &p.stream, url, p.fps, p.gop));
+        publishers.push(match p.kind {
+            PublisherKind::Synthetic => Publisher::start(&p.name, &p.stream, url, p.fps, p.gop),
+            PublisherKind::Ffmpeg => Publisher::start_ffmpeg(&p.name, &p.stream, url, p.gop),
+        });
     }
     for p in &scenario.publishers {
         if topo
@@ -61,17 +64,19 @@ pub async fn run(
     for p in &scenario.players {
         let edge = &topo.edges[p.edge];
         let url = match p.protocol {
-            Protocol::Rtmp => format!("rtmp://{}/{APP}/{}", edge.addrs.rtmp, p.stream),
+            Protocol::Rtmp | Protocol::Ffmpeg => {
+                format!("rtmp://{}/{APP}/{}", edge.addrs.rtmp, p.stream)
+            }
             Protocol::Flv => format!("http://{}/{APP}/{}.flv", edge.addrs.http, p.stream),
         };
         players.push(Player::start(&p.name, p.protocol, url, p.reconnect));
     }
     let warm = Instant::now() + Duration::from_secs(10);
-    while players.iter().any(|p| p.indexed() < 30) {
+    while players.iter().any(|p| p.received() < 30) {
         if Instant::now() >= warm {
             let slow: Vec<&str> = players
                 .iter()
-                .filter(|p| p.indexed() < 30)
+                .filter(|p| p.received() < 30)
                 .map(|p| p.name.as_str())
                 .collect();
             bail!("players {slow:?} got fewer than 30 frames in 10 s");

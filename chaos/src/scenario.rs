@@ -71,12 +71,26 @@ impl Default for TopologySpec {
     }
 }
 
-/// A synthetic publisher.
+/// What a publisher sends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PublisherKind {
+    /// The synthetic stream whose every frame carries its index.
+    #[default]
+    Synthetic,
+    /// A real H.264/AAC encode by ffmpeg (lavfi test pattern), for real
+    /// decoders to play; accounted by timestamps and stalls, not indices.
+    Ffmpeg,
+}
+
+/// A publisher.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublisherSpec {
     pub name: String,
     pub stream: String,
+    #[serde(default)]
+    pub kind: PublisherKind,
     /// `edge:N` (the normal case) or `origin:N` (straight to an origin).
     pub via: Target,
     #[serde(default = "default_fps")]
@@ -102,6 +116,9 @@ fn default_gop() -> u32 {
 pub enum Protocol {
     Rtmp,
     Flv,
+    /// ffmpeg decoding the stream over RTMP (`-f framecrc`): a real
+    /// decoder's view (decode errors, DTS order, stalls).
+    Ffmpeg,
 }
 
 /// A player on an edge.

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use crate::dur::Dur;
 use crate::scenario::{
-    Action, Expect, FaultSpec, PlayerSpec, Protocol, PublisherSpec, Scenario, Target, TopologySpec,
+    Action, Expect, FaultSpec, PlayerSpec, Protocol, PublisherKind, PublisherSpec, Scenario,
+    Target, TopologySpec,
 };
 
 /// splitmix64: tiny, well mixed, and the same everywhere.
@@ -154,6 +155,7 @@ pub fn scenario_with(seed: u64, duration: Duration, load: Load) -> Scenario {
                 format!("pub{i}")
             },
             stream: stream(i),
+            kind: PublisherKind::Synthetic,
             via: Target::Edge(i % 2),
             fps: 30,
             gop: 15,
