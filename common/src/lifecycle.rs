@@ -22,8 +22,12 @@ use crate::clients::ClientRegistry;
 /// The tokens connections watch. Cloning shares them.
 #[derive(Debug, Clone, Default)]
 pub struct Shutdown {
-    /// Listeners stop accepting (graceful drain step 2, or hand-over).
+    /// Client listeners stop accepting (graceful drain step 2, or hand-over).
     pub stop_accepting: CancellationToken,
+    /// The API listener stops accepting: at a fast exit, or once a
+    /// successor took the listeners. Through a plain drain `/healthz`,
+    /// `/readyz` (503) and `/metrics` keep answering until the exit.
+    pub stop_api: CancellationToken,
     /// Players end at their next keyframe boundary (drain deadline).
     pub close_players: CancellationToken,
     /// Every connection closes now (fast exit, or after players at the
@@ -52,8 +56,9 @@ pub struct DrainPlan {
     /// For the log: "SIGQUIT", "upgrade hand-over", ...
     pub reason: &'static str,
     /// A successor serves the same listeners (an upgrade): clients asked
-    /// to reconnect may come back to the same address.
-    pub reconnect_here: bool,
+    /// to reconnect may come back to the same address, and the API
+    /// listener stops accepting too (the successor answers there).
+    pub successor_serves: bool,
 }
 
 /// How long players get to reach a keyframe boundary at the drain deadline
@@ -93,6 +98,7 @@ impl Shutdown {
             "fast exit: closing listeners and every client"
         );
         self.stop_accepting.cancel();
+        self.stop_api.cancel();
         self.close_players.cancel();
         self.close_all.cancel();
         let gone = tokio::time::timeout(budget, clients.wait_empty())
@@ -124,10 +130,13 @@ impl Shutdown {
         );
         tokio::time::sleep(plan.accept_for).await;
         self.stop_accepting.cancel();
+        if plan.successor_serves {
+            self.stop_api.cancel();
+        }
         // Only now: a client that reconnects at once must not land on
         // this process's listeners again.
         self.reconnect_here
-            .store(plan.reconnect_here, Ordering::SeqCst);
+            .store(plan.successor_serves, Ordering::SeqCst);
         self.reconnect.cancel();
         let counts = clients.role_counts();
         tracing::info!(
@@ -288,7 +297,7 @@ mod tests {
             final_wait: Duration::from_millis(3200),
             deadline: None,
             reason: "test",
-            reconnect_here: false,
+            successor_serves: false,
         };
         let started = tokio::time::Instant::now();
         let drain = {
@@ -335,7 +344,7 @@ mod tests {
             final_wait: Duration::ZERO,
             deadline: Some(Duration::from_secs(10)),
             reason: "test",
-            reconnect_here: false,
+            successor_serves: false,
         };
         let started = tokio::time::Instant::now();
         shutdown.drain(&plan, &clients).await;

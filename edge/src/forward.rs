@@ -50,7 +50,7 @@ enum SessionEnd {
 
 pub async fn run(core: Arc<EdgeCore>, key: StreamKey, timeline: String, status: StatusCell) {
     let mut forward = Forward {
-        subscriber: core.hub.subscribe_resuming(&key, None),
+        subscriber: relay_subscriber(&core, &key, None),
         core,
         key,
         timeline,
@@ -121,7 +121,7 @@ impl Forward {
             .find(|(at, _)| *at <= horizon)
             .or(self.sent.front())
             .map(|(_, ts)| *ts);
-        self.subscriber = self.core.hub.subscribe_resuming(&self.key, resume);
+        self.subscriber = relay_subscriber(&self.core, &self.key, resume);
         // The log is kept: if the next origin fails before anything new
         // was sent, the next rewind must reach back as far as this one.
     }
@@ -205,7 +205,7 @@ impl Forward {
                         // skipped whole GOPs (counted); start over at the
                         // current GOP.
                         tracing::warn!(stream = %self.key, %error, "publish buffer outrun; continuing from the current keyframe");
-                        self.subscriber = self.core.hub.subscribe_resuming(&self.key, None);
+                        self.subscriber = relay_subscriber(&self.core, &self.key, None);
                         continue;
                     }
                     for item in items.drain(..) {
@@ -278,4 +278,12 @@ impl Forward {
             }
         }
     }
+}
+
+/// The forward's cursor on the edge's source: a relay, woken by every
+/// push (the origin coalesces for its own players, if any).
+fn relay_subscriber(core: &EdgeCore, key: &StreamKey, resume: Option<u32>) -> Subscriber {
+    let mut subscriber = core.hub.subscribe_resuming(key, resume);
+    subscriber.set_immediate();
+    subscriber
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use baton_common::hub::{PublishError, Publisher, PublisherInfo, StreamKey};
 use baton_common::rtmp::client_session::ClientEvent;
 use baton_common::rtmp::session::RECONNECT_REQUEST;
-use baton_common::serve::RESUME_PARAM;
+use baton_common::serve::{RELAY_PARAM, RESUME_PARAM};
 use baton_common::splice::{Splicer, Verdict};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -230,8 +230,8 @@ impl Pull {
 
     fn play_name(&self) -> String {
         match self.splicer.resume_point() {
-            Some(ts) => format!("{}?{RESUME_PARAM}={ts}", self.key.stream),
-            None => self.key.stream.clone(),
+            Some(ts) => format!("{}?{RELAY_PARAM}=1&{RESUME_PARAM}={ts}", self.key.stream),
+            None => format!("{}?{RELAY_PARAM}=1", self.key.stream),
         }
     }
 

@@ -502,14 +502,18 @@ async fn sigquit_case(edge: bool) {
         joiners.push(w);
     }
 
-    // After grace_start_wait every port refuses.
+    // After grace_start_wait every client port refuses; the API still
+    // answers (probes and metrics through the drain), not ready.
     tokio::time::sleep_until((t0 + Duration::from_millis(1800)).into()).await;
     let before: Vec<Seen> = [&rtmp, &flv].iter().map(|w| w.seen()).collect();
     let window_start = Instant::now();
+    let api_readyz = readyz(origin).await;
+    findings.check(api_readyz == 503, || {
+        format!("/readyz during the drain answered {api_readyz}, expected 503")
+    });
     for (name, addr) in [
         ("RTMP", origin.rtmp_addr()),
         ("HTTP-FLV", origin.http_addr()),
-        ("API", origin.api_addr()),
     ] {
         let refused = connect_refused(addr).await;
         eprintln!(
@@ -618,12 +622,15 @@ async fn sigquit_without_clients_exits_after_both_default_grace_waits() {
         || format!("/readyz turned 503 after {not_ready:?}"),
     );
     // Between the end of grace_start_wait (2.3 s) and the exit (5.5 s)
-    // nothing accepts.
+    // no client port accepts; the API answers, not ready.
     tokio::time::sleep_until((t0 + Duration::from_millis(3000)).into()).await;
+    let api_readyz = readyz(&origin).await;
+    findings.check(api_readyz == 503, || {
+        format!("/readyz during the drain answered {api_readyz}, expected 503")
+    });
     for (name, addr) in [
         ("RTMP", origin.rtmp_addr()),
         ("HTTP-FLV", origin.http_addr()),
-        ("API", origin.api_addr()),
     ] {
         let refused = connect_refused(addr).await;
         findings.check(refused.is_ok(), || {

@@ -38,6 +38,8 @@ pub struct Subscriber {
     awaiting_keyframe: bool,
     recent_skips: Vec<Instant>,
     frames_dropped: u64,
+    /// A relay (see `wakeup`): woken by every push, not per window.
+    immediate: bool,
 }
 
 impl Subscriber {
@@ -73,11 +75,19 @@ impl Subscriber {
             awaiting_keyframe,
             recent_skips: Vec::new(),
             frames_dropped: 0,
+            immediate: false,
         }
     }
 
     pub fn source(&self) -> &Arc<Source> {
         &self.source
+    }
+
+    /// This subscriber relays the stream to another node (an edge's pull
+    /// or forward): it is woken by every push instead of once per
+    /// coalescing window, so only the node serving viewers coalesces.
+    pub fn set_immediate(&mut self) {
+        self.immediate = true;
     }
 
     pub fn frames_dropped(&self) -> u64 {
@@ -93,7 +103,11 @@ impl Subscriber {
     ) -> Result<(), SubscribeError> {
         let source = self.source.clone();
         loop {
-            let notified = source.wakeup.players.notified();
+            let notified = if self.immediate {
+                source.wakeup.immediate.notified()
+            } else {
+                source.wakeup.players.notified()
+            };
             tokio::pin!(notified);
             // Register interest before looking, so a push between the look
             // and the wait is not missed.

@@ -8,6 +8,11 @@
 //! own timers, so a batch costs each player one wake-up, and the added
 //! latency is bounded by the window. Events that change what a player must
 //! do (publish, unpublish) wake everyone at once.
+//!
+//! Relays (an edge pulling from an origin, an edge forwarding a publish)
+//! are not players: they wait on [`Wakeup::immediate`], woken by every
+//! push, so coalescing is applied once, at the node that serves the
+//! viewers, and an edge hop adds no coalescing window of its own.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,6 +24,8 @@ use tokio::sync::Notify;
 pub(crate) struct Wakeup {
     /// What players wait on.
     pub players: Notify,
+    /// What relays wait on: every push.
+    pub immediate: Notify,
     /// Arms the flush timer.
     flush_requested: Notify,
     flush_pending: AtomicBool,
@@ -53,6 +60,7 @@ impl Wakeup {
 
     /// New data: wake players now, or at the end of the window.
     pub fn data(&self, coalescing: bool) {
+        self.immediate.notify_waiters();
         if !coalescing {
             self.players.notify_waiters();
         } else if !self.flush_pending.swap(true, Ordering::AcqRel) {
@@ -63,6 +71,7 @@ impl Wakeup {
     /// Something players must see at once.
     pub fn now(&self) {
         self.players.notify_waiters();
+        self.immediate.notify_waiters();
     }
 
     /// The source is gone: stop the flusher.

@@ -16,20 +16,32 @@ use super::ServerContext;
 /// The listener is returned to the caller's scope only by being dropped
 /// here; with a hand-over, the successor holds its own duplicate, so the
 /// socket and its queue live on.
-/// `limited`: whether the connection counts against `max_connections`
-/// (client listeners) or not (the API, which must answer probes even when
-/// clients fill every slot).
+/// What a listener is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// RTMP, HTTP-FLV: counted against `max_connections`, closed when the
+    /// drain stops accepting.
+    Clients,
+    /// The API: not counted (probes must answer when clients fill every
+    /// slot), open through a drain until the process exits or hands over.
+    Api,
+}
+
 pub async fn accept_loop<F, Fut>(
     name: &'static str,
     listener: TcpListener,
     ctx: Arc<ServerContext>,
-    limited: bool,
+    kind: ListenerKind,
     handle: F,
 ) where
     F: Fn(TcpStream, SocketAddr, Arc<ServerContext>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let stop = ctx.shutdown.stop_accepting.clone();
+    let limited = kind == ListenerKind::Clients;
+    let stop = match kind {
+        ListenerKind::Clients => ctx.shutdown.stop_accepting.clone(),
+        ListenerKind::Api => ctx.shutdown.stop_api.clone(),
+    };
     loop {
         let accepted = tokio::select! {
             biased;

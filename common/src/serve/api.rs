@@ -21,7 +21,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
-use super::accept::accept_loop;
+use super::accept::{accept_loop, ListenerKind};
 use std::net::SocketAddr;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -29,7 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::ServerContext;
 
 pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
-    accept_loop("api", listener, ctx, false, handle_connection).await;
+    accept_loop("api", listener, ctx, ListenerKind::Api, handle_connection).await;
 }
 
 async fn handle_connection(stream: TcpStream, _peer: SocketAddr, ctx: Arc<ServerContext>) {

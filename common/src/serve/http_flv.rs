@@ -23,7 +23,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
-use super::accept::accept_loop;
+use super::accept::{accept_loop, ListenerKind};
 use super::playback::{Playback, Step};
 use super::stall::{StallClock, StallIo};
 use super::tag_batch::TagBatch;
@@ -32,7 +32,14 @@ use super::ServerContext;
 type Body = BoxBody<TagBatch, Infallible>;
 
 pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
-    accept_loop("http-flv", listener, ctx, true, handle_connection).await;
+    accept_loop(
+        "http-flv",
+        listener,
+        ctx,
+        ListenerKind::Clients,
+        handle_connection,
+    )
+    .await;
 }
 
 async fn handle_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>) {

@@ -83,6 +83,11 @@ impl StreamDirectory for Hub {
 /// the last timestamp it delivered.
 pub const RESUME_PARAM: &str = "baton_resume";
 
+/// The query parameter an edge adds to its upstream play: it relays the
+/// stream to its own players, so the origin writes to it as frames come
+/// (the edge coalesces for its players) rather than once per window.
+pub const RELAY_PARAM: &str = "baton_relay";
+
 /// The query parameter an edge adds to its upstream publish so the origin
 /// announces the edge publisher's timeline id (not a new one).
 pub const TIMELINE_PARAM: &str = "baton_timeline";

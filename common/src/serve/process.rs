@@ -426,7 +426,7 @@ impl MainLoop {
             final_wait: settings.grace_final_wait,
             deadline: settings.drain_timeout,
             reason,
-            reconnect_here: false,
+            successor_serves: false,
         };
         self.start_drain(plan);
     }
@@ -586,7 +586,7 @@ impl MainLoop {
             final_wait: Duration::ZERO,
             deadline: Some(self.ctx.settings.upgrade_drain_max),
             reason: "upgrade hand-over",
-            reconnect_here: true,
+            successor_serves: true,
         };
         if let Some(drain) = self.drain.take() {
             drain.abort();

@@ -23,14 +23,21 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::accept::accept_loop;
+use super::accept::{accept_loop, ListenerKind};
 use super::playback::{Playback, Step};
 use super::ServerContext;
 
 const READ_CHUNK: usize = 64 * 1024;
 
 pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
-    accept_loop("rtmp", listener, ctx, true, handle_connection).await;
+    accept_loop(
+        "rtmp",
+        listener,
+        ctx,
+        ListenerKind::Clients,
+        handle_connection,
+    )
+    .await;
 }
 
 async fn handle_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>) {
@@ -75,6 +82,8 @@ enum Intent {
         stream_id: u32,
         key: StreamKey,
         resume_after: Option<u32>,
+        /// An edge relaying the stream (`?baton_relay=1`).
+        relay: bool,
     },
 }
 
@@ -118,7 +127,8 @@ impl Connection {
                 stream_id,
                 key,
                 resume_after,
-            } => self.play(stream_id, key, resume_after).await,
+                relay,
+            } => self.play(stream_id, key, resume_after, relay).await,
         }
     }
 
@@ -195,6 +205,8 @@ impl Connection {
                             stream_id,
                             key,
                             resume_after: super::resume_after(query.as_deref()),
+                            relay: super::query_param(query.as_deref(), super::RELAY_PARAM)
+                                .is_some(),
                         }));
                     }
                     other => tracing::debug!(?other, "ignored before publish/play"),
@@ -305,12 +317,16 @@ impl Connection {
         stream_id: u32,
         key: StreamKey,
         resume_after: Option<u32>,
+        relay: bool,
     ) -> anyhow::Result<&'static str> {
         let span = tracing::Span::current();
         span.record("stream", tracing::field::display(&key));
         span.record("role", "player");
         self.guard.set_role(ClientRole::Player, Some(key.clone()));
-        let subscriber = self.ctx.streams.subscribe(&key, resume_after);
+        let mut subscriber = self.ctx.streams.subscribe(&key, resume_after);
+        if relay {
+            subscriber.set_immediate();
+        }
         let mut playback = Playback::new(&self.ctx, subscriber, self.guard.entry().kick.clone());
         let mut started = !playback.is_waiting_for_publisher();
         if started {
