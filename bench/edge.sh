@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Edge benchmarks: what one edge hop costs, in latency and in CPU.
 #
-#   bench/edge.sh latency   per-frame delivery latency (baton-bench latency):
+#   bench/edge.sh latency   per-frame delivery latency (baton-bench latency),
+#                           four paths at once in each run:
 #                           a) publish to the origin, play from the origin;
-#                           b) publish to the origin, play from an edge;
+#                           b) publish to the origin, play from edge B;
 #                           c) publish to edge A, play from edge B (two hops);
+#                           ingest) publish to edge A, play from the origin;
 #                           with each --write-coalesce value in $COALESCE, set
 #                           on every node.
 #   bench/edge.sh cpu       CPU-s per delivered GB (baton-bench fanout):
@@ -77,7 +79,7 @@ start_edge() {
 load_avg() { cut -d' ' -f1-3 /proc/loadavg; }
 
 run_latency() {
-    local c r tag a_pid b_pid json_o json_e
+    local c r tag a_pid b_pid json
     local jsons=()
     for c in $COALESCE; do
         log "latency: origin + edges A and B on core 0, --write-coalesce $c"
@@ -91,21 +93,20 @@ run_latency() {
         b_pid=$EDGE_PID
         for r in $(seq "$REPEAT"); do
             tag=lat-$c-$r
-            json_o=$OUT/latency-$c-origin-pub-$r.json
-            json_e=$OUT/latency-$c-edge-pub-$r.json
-            log "latency coalesce $c run $r: publish to the origin (load $(load_avg))"
-            taskset -c 1 "$BENCH" latency --publish "rtmp://$BATON_RTMP/live/$tag-o" \
+            json=$OUT/latency-$c-$r.json
+            # Two streams in one run, so every path sees the same conditions:
+            # $tag-o published to the origin, $tag-e to edge A.
+            log "latency coalesce $c run $r (load $(load_avg))"
+            taskset -c 1 "$BENCH" latency \
+                --publish "rtmp://$BATON_RTMP/live/$tag-o" \
+                --publish "rtmp://$EDGE_A_RTMP/live/$tag-e" \
                 --play "a:origin=rtmp://$BATON_RTMP/live/$tag-o" \
-                --play "b:edge=rtmp://$EDGE_B_RTMP/live/$tag-o" \
-                --players "$LAT_PLAYERS" --duration "${LAT_DURATION}s" \
-                --label "coalesce $c run $r" --json "$json_o"
-            log "latency coalesce $c run $r: publish to edge A (load $(load_avg))"
-            taskset -c 1 "$BENCH" latency --publish "rtmp://$EDGE_A_RTMP/live/$tag-e" \
-                --play "ingest:edgeA>origin=rtmp://$BATON_RTMP/live/$tag-e" \
+                --play "b:origin>edgeB=rtmp://$EDGE_B_RTMP/live/$tag-o" \
                 --play "c:edgeA>origin>edgeB=rtmp://$EDGE_B_RTMP/live/$tag-e" \
+                --play "ingest:edgeA>origin=rtmp://$BATON_RTMP/live/$tag-e" \
                 --players "$LAT_PLAYERS" --duration "${LAT_DURATION}s" \
-                --label "coalesce $c run $r" --json "$json_e"
-            jsons+=("$c" "$r" "$json_o" "$json_e")
+                --label "coalesce $c run $r" --json "$json"
+            jsons+=("$c" "$r" "$json")
         done
         stop "$b_pid"
         stop "$a_pid"
@@ -114,33 +115,32 @@ run_latency() {
 
     log "latency results"
     {
-        echo "# Edge hop latency: $LAT_PLAYERS RTMP players per URL, ${LAT_DURATION} s window, synthetic 1 Mbit/s"
+        echo "# Edge hop latency: $LAT_PLAYERS RTMP players per path, ${LAT_DURATION} s window, synthetic 1 Mbit/s"
         echo
         echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r), git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo none)."
-        echo "Origin and edges on core 0, baton-bench (publisher and players, one clock) on core 1."
-        echo "Latency = arrival - send of every stamped audio and video frame sent in the window."
+        echo "Origin and edges on core 0, baton-bench (both publishers and all players, one clock) on core 1;"
+        echo "the four paths run at once. Latency = arrival - send of every stamped audio and video frame sent in the window."
         echo
         echo "| coalesce | run | path | frames got / expected | p50 ms | p99 ms | max ms | video p99 ms |"
         echo "|---|---|---|---|---|---|---|---|"
         local i
-        for ((i = 0; i < ${#jsons[@]}; i += 4)); do
-            jq -r --arg c "${jsons[i]}" --arg r "${jsons[i + 1]}" -s '.[] | .targets[] |
-                "| \($c) | \($r) | \(.name) | \(.frames_received) / \(.frames_expected) | \(.all_ms.p50 * 100 | round / 100) | \(.all_ms.p99 * 100 | round / 100) | \(.all_ms.max * 100 | round / 100) | \(.video_ms.p99 * 100 | round / 100) |"' \
-                "${jsons[i + 2]}" "${jsons[i + 3]}"
+        for ((i = 0; i < ${#jsons[@]}; i += 3)); do
+            jq -r --arg c "${jsons[i]}" --arg r "${jsons[i + 1]}" '.targets[] |
+                def r2: . * 100 | round / 100;
+                "| \($c) | \($r) | \(.name) | \(.frames_received) / \(.frames_expected) | \(.all_ms.p50 | r2) | \(.all_ms.p99 | r2) | \(.all_ms.max | r2) | \(.video_ms.p99 | r2) |"' \
+                "${jsons[i + 2]}"
         done
         echo
-        echo "Added by the hops (ms): b-a one edge (same run), c-a two edges (a of the run before it)."
+        echo "Added by the hops (ms), within each run: b-a one edge, c-a two edges (publish via edge A, play via edge B)."
         echo
         echo "| coalesce | run | b-a p50 | b-a p99 | c-a p50 | c-a p99 |"
         echo "|---|---|---|---|---|---|"
-        for ((i = 0; i < ${#jsons[@]}; i += 4)); do
-            jq -r --arg c "${jsons[i]}" --arg r "${jsons[i + 1]}" -s '
+        for ((i = 0; i < ${#jsons[@]}; i += 3)); do
+            jq -r --arg c "${jsons[i]}" --arg r "${jsons[i + 1]}" '
                 def r2: . * 100 | round / 100;
-                (.[0].targets | map({(.name): .all_ms}) | add) as $o |
-                (.[1].targets | map({(.name): .all_ms}) | add) as $e |
-                $o["a:origin"] as $a | $o["b:edge"] as $b | $e["c:edgeA>origin>edgeB"] as $cc |
-                "| \($c) | \($r) | \(($b.p50 - $a.p50) | r2) | \(($b.p99 - $a.p99) | r2) | \(($cc.p50 - $a.p50) | r2) | \(($cc.p99 - $a.p99) | r2) |"' \
-                "${jsons[i + 2]}" "${jsons[i + 3]}"
+                (.targets | map({(.name | split(":")[0]): .all_ms}) | add) as $t |
+                "| \($c) | \($r) | \(($t.b.p50 - $t.a.p50) | r2) | \(($t.b.p99 - $t.a.p99) | r2) | \(($t.c.p50 - $t.a.p50) | r2) | \(($t.c.p99 - $t.a.p99) | r2) |"' \
+                "${jsons[i + 2]}"
         done
     } | tee "$OUT/edge-latency.md"
 }

@@ -1,7 +1,10 @@
 //! `baton-bench latency`: frame delivery latency through a chain of nodes.
 //!
-//! One process publishes the [`crate::synth`] stream to one URL and plays it
-//! back from one or more URLs (an origin, an edge in front of it, …). Every
+//! One process publishes the [`crate::synth`] stream to one or more URLs and
+//! plays it back from one or more URLs (an origin, an edge in front of it,
+//! …); a play URL gets the stream of the publish URL with the same stream
+//! name (the last path segment), so several paths (origin direct, one edge,
+//! two edges) are measured in one run under the same conditions. Every
 //! audio and video frame (not the sequence headers) carries, inside its
 //! filler, a marker, a sequence number and the sender's monotonic send time
 //! in nanoseconds since the tool started; each player subtracts that from
@@ -111,7 +114,8 @@ impl PlayTarget {
 
 #[derive(Debug, Clone)]
 pub struct LatencyOptions {
-    pub publish: String,
+    /// Publish URLs, each with a distinct stream name.
+    pub publish: Vec<String>,
     pub plays: Vec<PlayTarget>,
     /// Players per play URL.
     pub players: u64,
@@ -129,6 +133,8 @@ pub struct LatencyOptions {
 pub struct TargetReport {
     pub name: String,
     pub url: String,
+    /// The publish URL whose stream this plays.
+    pub publish: String,
     pub players: u64,
     pub players_failed: u64,
     pub players_ended_early: u64,
@@ -150,11 +156,11 @@ pub struct TargetReport {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LatencyReport {
     pub label: String,
-    pub publish: String,
+    pub publish: Vec<String>,
     pub bitrate: u64,
     pub window_s: f64,
-    /// Stamped frames the publisher sent in the window.
-    pub frames_sent: u64,
+    /// Stamped frames each publisher sent in the window.
+    pub frames_sent: Vec<u64>,
     pub targets: Vec<TargetReport>,
 }
 
@@ -166,13 +172,17 @@ impl fmt::Display for LatencyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "== latency: {} publishing to {} at {} kbit/s, {:.0} s window, {} stamped frames sent",
+            "== latency: {}, {} kbit/s, {:.0} s window",
             self.label,
-            self.publish,
             self.bitrate / 1000,
             self.window_s,
-            self.frames_sent
         )?;
+        for (url, sent) in self.publish.iter().zip(&self.frames_sent) {
+            writeln!(
+                f,
+                "publishing to {url}: {sent} stamped frames sent in the window"
+            )?;
+        }
         for t in &self.targets {
             writeln!(
                 f,
@@ -196,6 +206,12 @@ impl fmt::Display for LatencyReport {
         }
         Ok(())
     }
+}
+
+/// The stream name of an RTMP URL: its last path segment, query removed.
+fn stream_name(url: &str) -> &str {
+    let path = url.split('?').next().unwrap_or(url);
+    path.rsplit('/').next().unwrap_or(path)
 }
 
 /// Timeline every task of the run shares.
@@ -332,19 +348,40 @@ pub async fn run(opts: LatencyOptions) -> Result<LatencyReport> {
         publish_until: Cell::new(None),
     });
     // The window is fixed once the players start; until then nothing counts.
-    let sent_in_window = Rc::new(Cell::new(0u64));
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let publisher = tokio::task::spawn_local(publish(
-        opts.publish.clone(),
-        opts.bitrate,
-        clock.clone(),
-        ready_tx,
-        sent_in_window.clone(),
-    ));
-    if ready_rx.await.is_err() {
-        // The publisher ended before it was publishing: report its error.
-        publisher.await.context("publisher task")??;
-        bail!("the publisher stopped before publishing");
+    // Which publisher each play URL follows, by stream name.
+    let mut follows = Vec::with_capacity(opts.plays.len());
+    for target in &opts.plays {
+        let name = stream_name(&target.url);
+        match opts.publish.iter().position(|p| stream_name(p) == name) {
+            Some(i) => follows.push(i),
+            None if opts.publish.len() == 1 => follows.push(0),
+            None => bail!(
+                "{}: no --publish URL has its stream name {name:?}",
+                target.url
+            ),
+        }
+    }
+    let mut publishers = Vec::new();
+    for url in &opts.publish {
+        let sent_in_window = Rc::new(Cell::new(0u64));
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::task::spawn_local(publish(
+            url.clone(),
+            opts.bitrate,
+            clock.clone(),
+            ready_tx,
+            sent_in_window.clone(),
+        ));
+        publishers.push((task, ready_rx, sent_in_window));
+    }
+    let mut running = Vec::new();
+    for (task, ready_rx, sent_in_window) in publishers {
+        if ready_rx.await.is_err() {
+            // The publisher ended before it was publishing: report its error.
+            task.await.context("publisher task")??;
+            bail!("a publisher stopped before publishing");
+        }
+        running.push((task, sent_in_window));
     }
     // Let the first keyframe reach the first node before players ask for it.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -373,10 +410,11 @@ pub async fn run(opts: LatencyOptions) -> Result<LatencyReport> {
     }
 
     let mut targets = Vec::new();
-    for (target, per_target) in handles {
+    for ((target, per_target), &publisher) in handles.into_iter().zip(&follows) {
         let mut t = TargetReport {
             name: target.name.clone(),
             url: target.url.clone(),
+            publish: opts.publish[publisher].clone(),
             ..TargetReport::default()
         };
         let mut all = Vec::new();
@@ -414,11 +452,14 @@ pub async fn run(opts: LatencyOptions) -> Result<LatencyReport> {
             .collect();
         targets.push(t);
     }
-    publisher.await.context("publisher task")??;
-    let frames_sent = sent_in_window.get();
-    for t in &mut targets {
+    let mut frames_sent = Vec::new();
+    for (task, sent_in_window) in running {
+        task.await.context("publisher task")??;
+        frames_sent.push(sent_in_window.get());
+    }
+    for (t, &publisher) in targets.iter_mut().zip(&follows) {
         let played = t.players - t.players_failed;
-        t.frames_expected = frames_sent * played;
+        t.frames_expected = frames_sent[publisher] * played;
         t.frames_missing = t.frames_expected.saturating_sub(t.frames_received);
     }
     let report = LatencyReport {
@@ -472,5 +513,7 @@ mod tests {
         let t = PlayTarget::parse("rtmp://h:1/a/s?x=1").expect("bare");
         assert_eq!(t.name, t.url);
         assert!(PlayTarget::parse("http://h/a.flv").is_err());
+        assert_eq!(stream_name("rtmp://h:1/live/s-o?token=x"), "s-o");
+        assert_eq!(stream_name("rtmp://h:1/live/s-e"), "s-e");
     }
 }

@@ -126,9 +126,11 @@ enum Command {
     /// Publish stamped frames and measure their delivery latency through
     /// one or more play URLs (same process, same clock).
     Latency {
-        /// rtmp://host:port/app/stream to publish to.
-        #[arg(long)]
-        publish: String,
+        /// rtmp://host:port/app/stream to publish to. Repeatable, with
+        /// distinct stream names; a play URL follows the publish URL with
+        /// its stream name.
+        #[arg(long, required = true)]
+        publish: Vec<String>,
         /// [NAME=]rtmp://host:port/app/stream to play from. Repeatable.
         #[arg(long = "play", required = true, value_parser = latency::PlayTarget::parse)]
         plays: Vec<latency::PlayTarget>,
