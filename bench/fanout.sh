@@ -46,7 +46,7 @@ BATON_API=${BENCH_BATON_API:-127.0.0.1:19850}
 NGINX_RTMP=${BENCH_NGINX_RTMP:-127.0.0.1:19351}
 
 log() { printf '\n==> %s\n' "$*" >&2; }
-die() { printf 'fanout.sh: error: %s\n' "$*" >&2; exit 1; }
+die() { printf '%s: error: %s\n' "$(basename "$0")" "$*" >&2; exit 1; }
 
 # Every background process we start, killed on exit whatever happens.
 PIDS=()
