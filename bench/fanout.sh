@@ -16,8 +16,12 @@
 #   BUILD=1           0 skips `cargo build --release` (binaries must exist)
 #   BENCH_BATON_RTMP=127.0.0.1:19350 BENCH_BATON_HTTP=127.0.0.1:18080
 #   BENCH_BATON_API=127.0.0.1:19850 BENCH_NGINX_RTMP=127.0.0.1:19351
-#   BATON_ARGS="--write-coalesce 20ms"   extra flags for baton-origin
 #                     listen addresses, if those ports are taken
+#   BATON_ARGS="--write-coalesce 20ms"   extra flags for baton-origin
+#   BATON_ORIGIN_BIN=path   another baton-origin binary (e.g. an older build)
+#
+# bench/edge.sh and bench/ab.sh source this file for its helpers (main only
+# runs when it is executed).
 #
 # Needs: ffmpeg, nginx, libnginx-mod-rtmp, taskset (util-linux), 2 cores.
 set -euo pipefail
@@ -26,7 +30,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=$ROOT/bench/out
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BENCH=$TARGET_DIR/release/baton-bench
-ORIGIN=$TARGET_DIR/release/baton-origin
+ORIGIN=${BATON_ORIGIN_BIN:-$TARGET_DIR/release/baton-origin}
+EDGE=$TARGET_DIR/release/baton-edge
 MEDIA=$OUT/test-1mbps.mp4
 NGINX_RTMP_MODULE=/usr/lib/nginx/modules/ngx_rtmp_module.so
 
@@ -41,7 +46,7 @@ BATON_API=${BENCH_BATON_API:-127.0.0.1:19850}
 NGINX_RTMP=${BENCH_NGINX_RTMP:-127.0.0.1:19351}
 
 log() { printf '\n==> %s\n' "$*" >&2; }
-die() { printf 'fanout.sh: error: %s\n' "$*" >&2; exit 1; }
+die() { printf '%s: error: %s\n' "$(basename "$0")" "$*" >&2; exit 1; }
 
 # Every background process we start, killed on exit whatever happens.
 PIDS=()
@@ -95,13 +100,14 @@ publish() {
     PIDS+=("$PUB_PID")
 }
 
-# load LABEL URL SERVER_PID: one fan-out run, report in $OUT/LABEL-PROTO.json.
+# load LABEL URL SERVER_PID [TAG]: one fan-out run, report in
+# $OUT/LABEL-PROTO[-TAG].json.
 REPORTS=()
 load() {
-    local label=$1 url=$2 server_pid=$3 proto json
+    local label=$1 url=$2 server_pid=$3 tag=${4:-} proto json
     proto=${url%%://*}
     [[ $proto == http ]] && proto=http-flv
-    json=$OUT/$label-$proto.json
+    json=$OUT/$label-$proto${tag:+-$tag}.json
     "$BENCH" probe --url "$url" --timeout 15s ||
         die "$label: stream $url is not playable (publisher log: $OUT/ffmpeg-$label.log)"
     log "$label $proto: $PLAYERS players for ${DURATION}s"
@@ -183,6 +189,21 @@ install_missing() {
     fi
 }
 
+# ensure_media: the ~1 Mbit/s H.264/AAC test file ffmpeg publishes.
+ensure_media() {
+    if [[ ! -s $MEDIA ]]; then
+        log "generating $MEDIA (640x360@30, H.264 900k + AAC 64k, 60 s)"
+        ffmpeg -hide_banner -nostdin -loglevel error -y \
+            -f lavfi -i "testsrc2=size=640x360:rate=30" \
+            -f lavfi -i "sine=frequency=440:sample_rate=44100" -t 60 \
+            -map 0:v -map 1:a \
+            -c:v libx264 -preset veryfast -profile:v high -pix_fmt yuv420p \
+            -b:v 900k -maxrate 900k -bufsize 1800k -g 60 -keyint_min 60 -sc_threshold 0 \
+            -c:a aac -b:a 64k -ac 2 -movflags +faststart "$MEDIA.tmp.mp4"
+        mv "$MEDIA.tmp.mp4" "$MEDIA"
+    fi
+}
+
 main() {
     local s
     install_missing
@@ -207,17 +228,7 @@ main() {
     fi
     [[ -x $BENCH ]] || die "$BENCH not built"
 
-    if [[ ! -s $MEDIA ]]; then
-        log "generating $MEDIA (640x360@30, H.264 900k + AAC 64k, 60 s)"
-        ffmpeg -hide_banner -nostdin -loglevel error -y \
-            -f lavfi -i "testsrc2=size=640x360:rate=30" \
-            -f lavfi -i "sine=frequency=440:sample_rate=44100" -t 60 \
-            -map 0:v -map 1:a \
-            -c:v libx264 -preset veryfast -profile:v high -pix_fmt yuv420p \
-            -b:v 900k -maxrate 900k -bufsize 1800k -g 60 -keyint_min 60 -sc_threshold 0 \
-            -c:a aac -b:a 64k -ac 2 -movflags +faststart "$MEDIA.tmp.mp4"
-        mv "$MEDIA.tmp.mp4" "$MEDIA"
-    fi
+    ensure_media
 
     for s in $SERVERS; do
         "run_$s"
@@ -236,4 +247,6 @@ main() {
     } | tee "$OUT/fanout.md"
 }
 
-main "$@"
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+    main "$@"
+fi

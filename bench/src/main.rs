@@ -14,6 +14,7 @@
 mod churn;
 mod fanout;
 mod flv_reader;
+mod latency;
 mod publish;
 mod rtmp_client;
 mod stats;
@@ -122,6 +123,34 @@ enum Command {
         #[arg(long, default_value = "30s", value_parser = units::parse_duration)]
         duration: Duration,
     },
+    /// Publish stamped frames and measure their delivery latency through
+    /// one or more play URLs (same process, same clock).
+    Latency {
+        /// rtmp://host:port/app/stream to publish to. Repeatable, with
+        /// distinct stream names; a play URL follows the publish URL with
+        /// its stream name.
+        #[arg(long, required = true)]
+        publish: Vec<String>,
+        /// [NAME=]rtmp://host:port/app/stream to play from. Repeatable.
+        #[arg(long = "play", required = true, value_parser = latency::PlayTarget::parse)]
+        plays: Vec<latency::PlayTarget>,
+        /// Players per play URL.
+        #[arg(long, default_value_t = 10)]
+        players: u64,
+        /// Measurement window: frames sent during it count.
+        #[arg(long, default_value = "20s", value_parser = units::parse_duration)]
+        duration: Duration,
+        /// From the players' start to the window (connect, pull, GOP burst).
+        #[arg(long, default_value = "3s", value_parser = units::parse_duration)]
+        warmup: Duration,
+        /// Total bitrate of the synthetic stream.
+        #[arg(long, default_value = "1000k", value_parser = units::parse_bitrate)]
+        bitrate: u64,
+        #[arg(long, default_value = "run")]
+        label: String,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Render fan-out JSON reports as a markdown comparison table.
     Table {
         /// Label of the runs the others are compared with.
@@ -208,6 +237,28 @@ async fn run(command: Command) -> Result<()> {
                 url,
                 bitrate,
                 duration: (!duration.is_zero()).then_some(duration),
+            })
+            .await?;
+        }
+        Command::Latency {
+            publish,
+            plays,
+            players,
+            duration,
+            warmup,
+            bitrate,
+            label,
+            json,
+        } => {
+            latency::run(latency::LatencyOptions {
+                publish,
+                plays,
+                players,
+                duration,
+                warmup,
+                bitrate,
+                label,
+                json,
             })
             .await?;
         }
