@@ -58,6 +58,7 @@ pub fn page(streams: &[StreamKey], player_js_url: &str) -> String {
 <head>
 <meta charset=\"utf-8\">
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">
+<link rel=\"icon\" href=\"data:,\">
 <title>Baton: live streams</title>
 <style>{STYLE}</style>
 <script src=\"{js}\"></script>
