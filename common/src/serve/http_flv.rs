@@ -27,6 +27,7 @@ use super::accept::{accept_loop, ListenerKind};
 use super::playback::{Playback, Step};
 use super::stall::{StallClock, StallIo};
 use super::tag_batch::TagBatch;
+use super::viewer;
 use super::ServerContext;
 
 type Body = BoxBody<TagBatch, Infallible>;
@@ -149,6 +150,36 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     response
 }
 
+/// `GET /`: the viewer page listing the streams published on this node.
+fn viewer_page(ctx: &ServerContext, head: bool) -> Response<Body> {
+    let mut live: Vec<StreamKey> = ctx
+        .hub
+        .stats()
+        .into_iter()
+        .filter(|s| s.publisher.is_some())
+        .map(|s| s.key)
+        .collect();
+    live.sort_by(|a, b| (&a.app, &a.stream).cmp(&(&b.app, &b.stream)));
+    let html = viewer::page(&live, &ctx.settings.player_js_url);
+    let body = if head {
+        Bytes::new()
+    } else {
+        Bytes::from(html)
+    };
+    let mut response = Response::new(Full::new(TagBatch::from(body)).boxed());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        "text/html; charset=utf-8".parse().expect("static"),
+    );
+    headers.insert(header::CACHE_CONTROL, "no-cache".parse().expect("static"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        "nosniff".parse().expect("static"),
+    );
+    response
+}
+
 /// `/{app...}/{stream}.flv` → key.
 fn parse_path(path: &str) -> Option<StreamKey> {
     let path = path.strip_prefix('/')?;
@@ -184,10 +215,13 @@ async fn route(
             "only GET and HEAD are supported\n",
         );
     }
+    if req.uri().path() == "/" {
+        return viewer_page(&ctx, req.method() == Method::HEAD);
+    }
     let Some(key) = parse_path(req.uri().path()) else {
         return text(
             StatusCode::NOT_FOUND,
-            "not found: play URLs look like /{app}/{stream}.flv\n",
+            "not found: play URLs look like /{app}/{stream}.flv (the viewer page is /)\n",
         );
     };
     if req.method() == Method::HEAD {

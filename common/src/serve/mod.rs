@@ -4,7 +4,8 @@
 //! The origin and the edge serve the same URLs with the same code: the
 //! accept loop and its limits ([`accept`]), RTMP ([`rtmp`]) and HTTP-FLV
 //! ([`http_flv`]) serving over one player pump ([`playback`]), the HTTP API
-//! ([`api`], [`generations`], [`metrics`]), the settings ([`settings`]) and
+//! ([`api`], [`generations`], [`metrics`]), the browser viewer page at
+//! `GET /` ([`viewer`]), the settings ([`settings`]) and
 //! the process supervisor ([`process`]: listeners, signals, drain, smooth
 //! upgrade, PID file, sd_notify). What differs between the roles is one
 //! narrow seam, [`StreamDirectory`]: where a played stream comes from and
@@ -22,6 +23,7 @@ pub mod rtmp;
 pub mod settings;
 pub mod stall;
 pub mod tag_batch;
+pub mod viewer;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -94,6 +94,10 @@ pub struct SettingsArgs {
     /// need); "end" ends their play so they reconnect. [default: splice]
     #[arg(long, env = "BATON_REPUBLISH", value_enum)]
     pub republish: Option<Republish>,
+    /// The mpegts.js script the viewer page at `GET /` loads (serve your own
+    /// copy where viewers cannot reach the CDN). [default: jsDelivr, mpegts.js 1.8]
+    #[arg(long, env = "BATON_PLAYER_JS_URL")]
+    pub player_js_url: Option<String>,
     /// Most concurrent client connections; more are refused and logged. [default: 18000]
     #[arg(long, env = "BATON_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -139,8 +143,12 @@ pub struct Settings {
     pub publish_idle_timeout: Duration,
     pub player_write_timeout: Duration,
     pub republish: Republish,
+    pub player_js_url: String,
     pub hub: HubConfig,
 }
+
+/// Where the viewer page loads mpegts.js from unless `player_js_url` says.
+pub const DEFAULT_PLAYER_JS_URL: &str = "https://cdn.jsdelivr.net/npm/mpegts.js@1.8/dist/mpegts.js";
 
 fn pick<T>(given: Option<T>, default: T) -> T {
     given.unwrap_or(default)
@@ -187,6 +195,7 @@ impl Settings {
             publish_idle_timeout: dur(a.publish_idle_timeout, Duration::from_millis(20_000)),
             player_write_timeout: dur(a.player_write_timeout, Duration::from_millis(20_000)),
             republish: pick(a.republish, Republish::Splice),
+            player_js_url: pick(a.player_js_url, DEFAULT_PLAYER_JS_URL.to_string()),
             hub: HubConfig {
                 gop_cache: pick(a.gop_cache, hub_defaults.gop_cache),
                 max_queue_frames: pick(a.max_queue_frames, hub_defaults.max_queue_frames),
@@ -257,6 +266,7 @@ mod tests {
         assert_eq!(s.grace_final_wait, Duration::from_millis(3200));
         assert!(!s.force_grace_quit);
         assert_eq!(s.drain_timeout, None);
+        assert_eq!(s.player_js_url, DEFAULT_PLAYER_JS_URL);
     }
 
     #[test]
