@@ -17,6 +17,11 @@ use baton_tests::proxy::{FaultProxy, Mode};
 use baton_tests::{eventually, Node, NodeBuilder, Ports, Signal, SynthConfig};
 
 const APP: &str = "live";
+
+/// One failover test at a time: each measures stalls of a few tens of
+/// milliseconds, which two cores running seven topologies at once would
+/// swamp (the machine's jitter, not the edge's).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// The stall timeout every test gives its edges: a quiet upstream has
 /// failed after this long.
 const STALL_TIMEOUT: Duration = Duration::from_secs(1);
@@ -217,6 +222,7 @@ async fn check_after_fault(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn origin_sigkill_is_invisible_to_players_and_publisher() {
+    let _serial = SERIAL.lock().await;
     let mut t = topology(&edge_args(&[])).await;
     let (feed, watchers) = stream_through_edges(&t, "kill").await;
     let holder = t.holder("kill").await;
@@ -247,6 +253,7 @@ async fn origin_sigkill_is_invisible_to_players_and_publisher() {
 /// stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn frozen_origin_is_invisible_to_players_and_publisher() {
+    let _serial = SERIAL.lock().await;
     let mut t = topology(&edge_args(&[])).await;
     let (feed, watchers) = stream_through_edges(&t, "freeze").await;
     let holder = t.holder("freeze").await;
@@ -303,6 +310,7 @@ async fn frozen_origin_is_invisible_to_players_and_publisher() {
 /// move; when the network heals nothing is played twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn blackholed_origin_is_invisible_to_players_and_publisher() {
+    let _serial = SERIAL.lock().await;
     let origins = vec![Node::start(&[]).await, Node::start(&[]).await];
     let proxies: Vec<FaultProxy> = origins
         .iter()
@@ -359,6 +367,7 @@ async fn blackholed_origin_is_invisible_to_players_and_publisher() {
 /// buffering its frames) and edge A's own player keeps playing it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_origin_beyond_outage_max_ends_players_cleanly() {
+    let _serial = SERIAL.lock().await;
     const OUTAGE_MAX: Duration = Duration::from_secs(3);
     let mut t = topology(&edge_args(&["--upstream-outage-max", "3s"])).await;
     let (feed, watchers) = stream_through_edges(&t, "gone").await;
@@ -452,6 +461,7 @@ const NEW_PUBLISHER_BASE: u32 = 1_000_000;
 /// played twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn publisher_reconnecting_to_another_origin_from_zero_is_spliced() {
+    let _serial = SERIAL.lock().await;
     /// Longest stall allowed: the second the publisher was away, plus two
     /// to find it on the other origin.
     const SWITCH_STALL_BOUND: Duration = Duration::from_secs(3);
@@ -590,6 +600,7 @@ fn ports_free_on_both() -> (Ports, Ports) {
 /// configured origins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn origins_found_through_dns_take_over() {
+    let _serial = SERIAL.lock().await;
     let dns = TestDns::start().await;
     dns.set_a(ORIGINS_NAME, vec![Ipv4Addr::new(127, 0, 0, 1)], 1);
     let (ports1, ports2) = ports_free_on_both();
@@ -668,6 +679,7 @@ mod interop {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn ffmpeg_publisher_and_player_do_not_notice_an_origin_sigkill() {
+        let _serial = SERIAL.lock().await;
         assert!(
             tools::available("ffmpeg"),
             "the interop tests need ffmpeg on PATH"
