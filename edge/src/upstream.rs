@@ -2,12 +2,15 @@
 //! around the sans-IO [`ClientSession`], with every wait bounded. Pulls
 //! play through it, forwards publish through it.
 //!
-//! Liveness: [`Upstream::next_event`] pings the origin when it has been
-//! quiet for a third of the stall timeout and fails once nothing at all
-//! (media, answers, ping responses) arrived for the whole timeout, so a
-//! frozen or blackholed origin is found in `upstream_stall_timeout`. Bytes
-//! the session cannot parse are an error like a reset: the caller treats
-//! the origin as failed.
+//! Liveness: the origin is pinged every third of the stall timeout, and
+//! the upstream fails when nothing at all arrived for the whole timeout (a
+//! frozen or blackholed origin) or when a ping's answer is later than the
+//! timeout: the answer queues behind the media the origin already sent, so
+//! a link too slow for the stream (throttled, congested) shows as a late
+//! answer even while bytes keep trickling in. A slow publisher does not:
+//! the origin has nothing queued. Bytes the session cannot parse are an
+//! error like a reset. The caller treats the origin as failed in every
+//! case.
 
 use std::time::Duration;
 
@@ -35,7 +38,11 @@ pub struct Upstream {
     pub stream_id: u32,
     stall_timeout: Duration,
     last_input: Instant,
-    pinged_at: Option<Instant>,
+    /// When the outstanding ping was sent, and its time value.
+    ping_outstanding: Option<(Instant, u32)>,
+    last_ping: Instant,
+    /// Time base of the ping values.
+    epoch: Instant,
 }
 
 impl Upstream {
@@ -65,7 +72,9 @@ impl Upstream {
                 stream_id: 0,
                 stall_timeout,
                 last_input: Instant::now(),
-                pinged_at: None,
+                ping_outstanding: None,
+                last_ping: Instant::now(),
+                epoch: Instant::now(),
             };
             loop {
                 match upstream.next_event(None).await? {
@@ -146,6 +155,10 @@ impl Upstream {
     ) -> anyhow::Result<Option<ClientEvent>> {
         loop {
             if let Some(event) = self.session.poll_event() {
+                if let ClientEvent::PingResponse(time) = event {
+                    self.answered(time);
+                    continue;
+                }
                 return Ok(Some(event));
             }
             self.ping_if_quiet()?;
@@ -172,31 +185,47 @@ impl Upstream {
         }
     }
 
-    /// Queue a ping if the origin has been quiet for a third of the stall
-    /// timeout (once per quiet spell); an error once it was quiet for all
-    /// of it. Call [`Upstream::flush`] after.
+    /// Ping the origin every third of the stall timeout (one outstanding
+    /// at a time); an error once it was silent for the whole timeout, or
+    /// its answer is later than that (the link cannot carry the stream).
+    /// Call [`Upstream::flush`] after.
     pub fn ping_if_quiet(&mut self) -> anyhow::Result<()> {
         let now = Instant::now();
         if now >= self.last_input + self.stall_timeout {
             bail!("origin silent for {:?}", self.stall_timeout);
         }
-        let pinged_this_spell = self.pinged_at.is_some_and(|t| t >= self.last_input);
-        if now >= self.last_input + self.stall_timeout / 3 && !pinged_this_spell {
-            self.session.ping(0);
-            self.pinged_at = Some(now);
+        if let Some((sent, _)) = self.ping_outstanding {
+            if now >= sent + self.stall_timeout {
+                bail!(
+                    "origin answered no ping within {:?}: the link is too slow for the stream",
+                    self.stall_timeout
+                );
+            }
+        } else if now >= self.last_ping + self.stall_timeout / 3 {
+            let time = now.duration_since(self.epoch).as_millis() as u32;
+            self.session.ping(time);
+            self.ping_outstanding = Some((now, time));
+            self.last_ping = now;
         }
         Ok(())
     }
 
+    fn answered(&mut self, time: u32) {
+        if self.ping_outstanding.is_some_and(|(_, sent)| sent == time) {
+            self.ping_outstanding = None;
+        }
+    }
+
     /// When the liveness state next needs a look.
     fn next_check(&self) -> Instant {
-        let pinged_this_spell = self.pinged_at.is_some_and(|t| t >= self.last_input);
-        if pinged_this_spell {
-            self.last_input + self.stall_timeout
-        } else {
-            (self.last_input + self.stall_timeout / 3)
-                .max(Instant::now() + Duration::from_millis(1))
-        }
+        let silence = self.last_input + self.stall_timeout;
+        let ping = match self.ping_outstanding {
+            Some((sent, _)) => sent + self.stall_timeout,
+            None => self.last_ping + self.stall_timeout / 3,
+        };
+        silence
+            .min(ping)
+            .max(Instant::now() + Duration::from_millis(1))
     }
 
     /// Handle whatever the origin already sent, without waiting (a
@@ -219,7 +248,10 @@ impl Upstream {
         }
         let mut events = Vec::new();
         while let Some(event) = self.session.poll_event() {
-            events.push(event);
+            match event {
+                ClientEvent::PingResponse(time) => self.answered(time),
+                event => events.push(event),
+            }
         }
         Ok(events)
     }

@@ -51,6 +51,8 @@ pub enum ClientEvent {
         stream_id: u32,
         frame: MediaFrame,
     },
+    /// The answer to our [`ClientSession::ping`] with that time.
+    PingResponse(u32),
     /// Any other `_result` / `_error` reply.
     CommandResult {
         /// "_result" or "_error".
@@ -300,6 +302,9 @@ impl ClientSession {
                 if let Some(info) = values.get(1) {
                     self.events.push_back(status_event(stream_id, info));
                 }
+            }
+            RtmpMessage::UserControl(UserControlEvent::PingResponse(time)) => {
+                self.events.push_back(ClientEvent::PingResponse(time));
             }
             RtmpMessage::Data { ref values, .. } if !is_media_data(values) => {}
             media @ (RtmpMessage::Audio { .. }
