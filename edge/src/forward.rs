@@ -82,13 +82,12 @@ impl Forward {
                 return "edge shutting down";
             }
             let ranked = self.core.origins.rank(&self.key, Purpose::Publish);
-            let Some(origin) = picker.next(&ranked).await else {
+            // The session may move (planned) to another origin: what fails
+            // is the one it is on then.
+            let Some(mut origin) = picker.next(&ranked).await else {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
-            // The session may move (planned) to another origin: what fails
-            // is the one it is on then.
-            let mut origin = origin;
             match self.session(&mut origin, &mut picker).await {
                 SessionEnd::PublishEnded => return "the publisher left",
                 SessionEnd::Failed(error) => {

@@ -119,16 +119,12 @@ impl Pull {
             if let Some(reason) = self.check_clocks() {
                 return reason;
             }
-            let origin = match self.choose(&mut picker).await {
-                Some(origin) => origin,
-                None => {
-                    tokio::time::sleep(TICK).await;
-                    continue;
-                }
+            let Some(mut origin) = self.choose(&mut picker).await else {
+                tokio::time::sleep(TICK).await;
+                continue;
             };
             // The session may move (planned) to another origin: what fails
             // is the one it is on then.
-            let mut origin = origin;
             let end = self.session(&mut origin).await;
             self.outage_since.get_or_insert_with(Instant::now);
             match end {
