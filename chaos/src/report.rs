@@ -156,14 +156,18 @@ pub fn player_windows(
     }
     // A real decoder's complaints carry no time: counted over the run.
     out[last_w].decoder_errors = log.decoder_errors.len() as u64;
+    // Both logs are in time order: binary searches, not scans from the
+    // start per window (a soak has hundreds of windows and millions of
+    // frames per player).
     for (w, window) in windows.iter().enumerate().skip(1) {
-        let Some(&(_, first_after)) = sent.iter().find(|(at, _)| *at >= window.start) else {
+        let first_sent = sent.partition_point(|(at, _)| *at < window.start);
+        let Some(&(_, first_after)) = sent.get(first_sent) else {
             continue;
         };
-        out[w].recover_ms = log
-            .frames
+        let from = log.frames.partition_point(|a| a.at < window.start);
+        out[w].recover_ms = log.frames[from..]
             .iter()
-            .find(|a| a.at >= window.start && a.index.is_some_and(|i| i >= first_after))
+            .find(|a| a.index.is_some_and(|i| i >= first_after))
             .map(|a| ms(a.at.saturating_duration_since(window.start)));
     }
     out

@@ -164,9 +164,16 @@ pub fn scenario_with(seed: u64, duration: Duration, load: Load) -> Scenario {
         .collect();
     let players: Vec<PlayerSpec> = (0..load.players.max(1))
         .map(|j| {
-            // The first stream's players on the other edge than its
-            // publisher, then round-robin.
-            let edge = if j < 3 { [1, 1, 0][j] } else { j % 2 };
+            // Most players on the other edge than their stream's
+            // publisher (stream i is published via edge i % 2), so their
+            // frames cross an origin and every origin fault reaches them;
+            // one in four on the publisher's own edge.
+            let publisher_edge = (j % publishers.len()) % 2;
+            let edge = if j % 4 == 3 {
+                publisher_edge
+            } else {
+                1 - publisher_edge
+            };
             let protocol = if j % 2 == 1 {
                 Protocol::Flv
             } else {
