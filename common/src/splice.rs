@@ -34,6 +34,9 @@ use crate::media::{MediaFrame, MediaKind};
 const DEFAULT_INTERVAL_MS: u32 = 33;
 /// Largest plausible video frame interval; longer gaps are pauses.
 const MAX_INTERVAL_MS: u32 = 1000;
+/// A continuing session whose first new frame on a track comes this much
+/// after the last delivered one skipped frames players never got.
+const RESUME_GAP_MS: u32 = 500;
 
 /// What to do with one upstream frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +94,12 @@ pub struct SpliceStats {
     pub unchanged_headers: u64,
     pub before_keyframe: u64,
     pub would_regress: u64,
+    /// Sessions of the same timeline that resumed later than the next
+    /// frame players needed: the new upstream no longer had it (a player
+    /// further behind than the publish buffer when its origin failed).
+    pub resume_gaps: u64,
+    /// The longest such gap, in media milliseconds.
+    pub longest_resume_gap_ms: u64,
 }
 
 /// Per-track state of what players were given.
@@ -342,6 +351,12 @@ impl Splicer {
                     self.stats.would_regress += 1;
                     return Verdict::Drop(DropReason::WouldRegress);
                 }
+                let gap = timestamp - last;
+                if !rebased && frame.kind == MediaKind::Video && gap > RESUME_GAP_MS {
+                    self.stats.resume_gaps += 1;
+                    self.stats.longest_resume_gap_ms =
+                        self.stats.longest_resume_gap_ms.max(u64::from(gap));
+                }
             }
             self.caught_up[track] = true;
         }
@@ -558,6 +573,22 @@ mod tests {
         assert_eq!(out.len(), 3);
         assert_eq!(out[1].payload, new_header.payload);
         assert!(out[1].timestamp <= out[2].timestamp);
+    }
+
+    #[test]
+    fn a_same_timeline_resume_past_what_players_had_is_counted() {
+        let mut s = Splicer::new();
+        s.new_session(Some("A".into()));
+        run(&mut s, session(0, 25, 0));
+        // The new upstream starts at frame 50 (its cache no longer has 25..).
+        s.new_session(Some("A".into()));
+        let out = run(&mut s, session(50, 60, 0));
+        assert_eq!(
+            out.iter().filter(|f| f.is_video()).filter_map(index).next(),
+            Some(50)
+        );
+        assert_eq!(s.stats().resume_gaps, 1);
+        assert_eq!(s.stats().longest_resume_gap_ms, (50 - 24) * 40);
     }
 
     #[test]

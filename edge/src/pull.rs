@@ -389,8 +389,17 @@ impl Pull {
         frame: baton_common::media::MediaFrame,
         origin: OriginAddr,
     ) -> Result<(), SessionEnd> {
+        let gaps_before = self.splicer.stats().resume_gaps;
         let verdict = self.splicer.push(frame);
-        self.handle.status.lock().splice = self.splicer.stats();
+        let stats = self.splicer.stats();
+        if stats.resume_gaps > gaps_before {
+            // A stated drop: the player was further behind than the new
+            // upstream still had (the publish buffer), so the frames in
+            // between are gone. Logged and counted, never silent.
+            tracing::warn!(stream = %self.key, origin = %origin.rtmp, longest_gap_ms = stats.longest_resume_gap_ms, "the new upstream resumed after a gap: frames older than it still had are lost");
+            metrics::counter!("baton_edge_resume_gaps_total").increment(1);
+        }
+        self.handle.status.lock().splice = stats;
         let Verdict::Deliver(frame) = verdict else {
             return Ok(());
         };

@@ -87,6 +87,8 @@ impl StatusCell {
                 "unchanged_headers": status.splice.unchanged_headers,
                 "before_keyframe": status.splice.before_keyframe,
                 "would_regress": status.splice.would_regress,
+                "resume_gaps": status.splice.resume_gaps,
+                "longest_resume_gap_ms": status.splice.longest_resume_gap_ms,
             },
         })
     }
