@@ -372,21 +372,7 @@ async fn apply(
 }
 
 fn action_needs_holder(action: &Action) -> bool {
-    let t = match action {
-        Action::Kill { target }
-        | Action::Term { target }
-        | Action::Quit { target }
-        | Action::Stop { target, .. }
-        | Action::Start { target }
-        | Action::Upgrade { target }
-        | Action::Blackhole { target, .. }
-        | Action::Delay { target, .. }
-        | Action::Throttle { target, .. }
-        | Action::Reset { target }
-        | Action::Flap { target, .. } => target,
-        _ => return false,
-    };
-    *t == Target::Holder
+    action.target() == Some(&Target::Holder)
 }
 
 async fn net(

@@ -308,7 +308,8 @@ impl Action {
         }
     }
 
-    fn target(&self) -> Option<&Target> {
+    /// The process or origin this action is applied to, if one.
+    pub fn target(&self) -> Option<&Target> {
         match self {
             Action::Kill { target }
             | Action::Term { target }
