@@ -378,7 +378,12 @@ async fn callbacks_decide_publish_and_play() {
     let url = format!("{}?token=abc&x=1", origin.rtmp_url(APP, "cam"));
     let mut synth = Synth::standard();
     let headers = synth.headers();
+    let asked = Instant::now();
     let mut first = publisher(&url).await;
+    println!(
+        "publish with an on_publish callback answering 0: accepted in {:?}",
+        asked.elapsed()
+    );
     let body = hooks.wait("on_publish", "cam").await;
     assert_eq!(body["app"], APP);
     assert_eq!(body["param"], "?token=abc&x=1");
@@ -422,6 +427,7 @@ async fn callbacks_decide_publish_and_play() {
         unauthorized
     );
     let waited = asked.elapsed();
+    println!("a silent callback (hook_timeout 700ms) refused the publish after {waited:?}");
     assert!(
         waited >= Duration::from_millis(600) && waited < Duration::from_secs(3),
         "a silent callback refuses after hook_timeout (700ms), took {waited:?}"

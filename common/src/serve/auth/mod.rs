@@ -575,6 +575,51 @@ mod tests {
     }
 
     #[test]
+    fn settings_come_from_flags_and_the_file() {
+        use crate::serve::settings::{Settings, SettingsArgs};
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: SettingsArgs,
+        }
+        let dir = std::env::temp_dir().join(format!("baton-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.toml");
+        std::fs::write(
+            &path,
+            "auth_token_secret = \"0123456789abcdef0\"\nauth_token_required = \"all\"\n\
+             on_publish = [\"http://127.0.0.1:8085/a\", \"http://hooks:9/b\"]\n\
+             hook_failure = \"allow\"\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "node",
+            "--config",
+            path.to_str().unwrap(),
+            "--on-play",
+            "http://127.0.0.1:1/x,http://127.0.0.1:2/y",
+            "--hook-timeout",
+            "500ms",
+        ])
+        .unwrap();
+        let auth = Settings::resolve(&cli.settings).unwrap().auth;
+        assert_eq!(auth.token_secret, Some(Secret("0123456789abcdef0".into())));
+        assert_eq!(auth.token_required, TokenScope::All);
+        assert_eq!(auth.on_publish.len(), 2);
+        assert_eq!(auth.on_play.len(), 2);
+        assert_eq!(auth.on_play[1].as_str(), "http://127.0.0.1:2/y");
+        assert_eq!(auth.hook_timeout, Duration::from_millis(500));
+        assert_eq!(auth.hook_failure, HookFailure::Allow);
+        std::fs::write(&path, "on_publish = [\"https://x/y\"]\n").unwrap();
+        assert!(
+            Settings::resolve(&cli.settings).is_err(),
+            "https is refused"
+        );
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
     fn short_secrets_and_zero_timeouts_are_refused() {
         let short = AuthSettings::resolve(
             Some(Secret("abc".into())),
