@@ -24,6 +24,7 @@ use baton_common::serve::auth::{upstream_query, Action};
 use baton_common::serve::TIMELINE_PARAM;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::locate::Purpose;
 use crate::retry::OriginPicker;
@@ -57,9 +58,11 @@ pub async fn run(
     timeline: String,
     status: StatusCell,
     client_query: Option<String>,
+    disconnect: CancellationToken,
 ) {
     let mut forward = Forward {
         client_query,
+        disconnect,
         subscriber: relay_subscriber(&core, &key, None),
         core,
         key,
@@ -82,6 +85,8 @@ struct Forward {
     /// The publisher's query, passed on to the origins (their
     /// authorization).
     client_query: Option<String>,
+    /// Ends the publisher's connection (an origin refused its credentials).
+    disconnect: CancellationToken,
 }
 
 impl Forward {
@@ -105,11 +110,11 @@ impl Forward {
                 SessionEnd::PublishEnded => return "the publisher left",
                 SessionEnd::Unauthorized(error) => {
                     // Not the origin's failure: every origin shares the
-                    // settings. The edge accepted the publisher with its
-                    // own; the stream stays on this edge only.
-                    tracing::error!(stream = %self.key, origin = %origin.rtmp, error, "the origin refused the forwarded publish: not authorized (do the edge's and the origins' auth settings differ?)");
+                    // settings. The publisher goes, as if refused here.
+                    tracing::error!(stream = %self.key, origin = %origin.rtmp, error, "the origin refused the forwarded publish: not authorized (do the edge's and the origins' auth settings differ?); disconnecting the publisher");
                     metrics::counter!("baton_edge_upstream_unauthorized_total", "direction" => "forward").increment(1);
                     self.status.lost(&error);
+                    self.disconnect.cancel();
                     return "the origin refused the publish: not authorized";
                 }
                 SessionEnd::Failed(error) => {

@@ -18,6 +18,7 @@ use baton_common::lifecycle::Shutdown;
 use baton_common::serve::auth::AuthSettings;
 use baton_common::serve::StreamDirectory;
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 
 use crate::origins::Origins;
 use crate::pull::{self, PullHandle};
@@ -94,7 +95,7 @@ impl EdgeDirectory {
 
 impl StreamDirectory for EdgeDirectory {
     fn publish(&self, key: StreamKey, publisher: PublisherInfo) -> Result<Publisher, PublishError> {
-        self.publish_with_query(key, publisher, None)
+        self.publish_with_query(key, publisher, None, CancellationToken::new())
     }
 
     fn publish_with_query(
@@ -102,6 +103,7 @@ impl StreamDirectory for EdgeDirectory {
         key: StreamKey,
         publisher: PublisherInfo,
         client_query: Option<&str>,
+        disconnect: CancellationToken,
     ) -> Result<Publisher, PublishError> {
         if let Some(pull) = self.pulls().get(&key) {
             if pull.is_delivering() {
@@ -123,6 +125,7 @@ impl StreamDirectory for EdgeDirectory {
             timeline,
             status,
             client_query.map(str::to_owned),
+            disconnect,
         ));
         Ok(claimed)
     }

@@ -666,3 +666,158 @@ async fn ffmpeg_publishes_to_a_signed_url() {
         .await
         .is_some_and(|s| s["publish"]["active"] == true));
 }
+
+/// 5. A publish through an edge outlives its token: when its origin dies
+///    after the token expired, the edge (holding the secret) re-signs the
+///    genuine token for the next origin, which accepts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_failing_over_after_the_token_expired_re_signs_it() {
+    let mut origins = Vec::new();
+    for _ in 0..2 {
+        origins.push(
+            Node::builder()
+                .env("BATON_AUTH_TOKEN_SECRET", SECRET)
+                .start()
+                .await,
+        );
+    }
+    let edge = Node::edge_builder()
+        .origin(&origins[0])
+        .origin(&origins[1])
+        .env("BATON_AUTH_TOKEN_SECRET", SECRET)
+        .start()
+        .await;
+    let expires_in = 2;
+    let url = format!(
+        "{}?{}",
+        edge.rtmp_url(APP, "resign"),
+        token(Action::Publish, "resign", expires_in)
+    );
+    let mut synth = Synth::standard();
+    let mut publisher = publisher(&url).await;
+    send_all(&mut publisher, &synth.headers())
+        .await
+        .expect("headers");
+    let started = Instant::now();
+    let holder = loop {
+        send_all(&mut publisher, &synth.frames(3))
+            .await
+            .expect("publishing");
+        let mut found = None;
+        for (i, origin) in origins.iter().enumerate() {
+            if origin
+                .stream(APP, "resign")
+                .await
+                .is_some_and(|s| s["publish"]["active"] == true)
+            {
+                found = Some(i);
+            }
+        }
+        if let Some(i) = found {
+            break i;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never forwarded"
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    };
+    // Keep publishing until the token has expired, then kill its origin.
+    while started.elapsed() < Duration::from_secs(expires_in as u64 + 2) {
+        send_all(&mut publisher, &synth.frames(3))
+            .await
+            .expect("publishing");
+        tokio::time::sleep(Duration::from_millis(90)).await;
+    }
+    origins[holder].signal(baton_tests::Signal::SIGKILL);
+    let other = &origins[1 - holder];
+    let moved = Instant::now();
+    let accepted = loop {
+        send_all(&mut publisher, &synth.frames(3))
+            .await
+            .expect("the publisher stays connected to the edge");
+        if other
+            .stream(APP, "resign")
+            .await
+            .is_some_and(|s| s["publish"]["active"] == true)
+        {
+            break true;
+        }
+        if moved.elapsed() > Duration::from_secs(10) {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(90)).await;
+    };
+    assert!(
+        accepted,
+        "the surviving origin never got the publish:\n--- edge ---\n{}\n--- origin ---\n{}",
+        edge.log_tail(30),
+        other.log_tail(30)
+    );
+    println!(
+        "forward moved to the other origin {:?} after the kill, token expired {}s before",
+        moved.elapsed(),
+        started
+            .elapsed()
+            .as_secs()
+            .saturating_sub(expires_in as u64)
+    );
+    let metrics = metrics_text(other).await;
+    assert!(
+        !metrics.contains("baton_auth_refusals_total"),
+        "the surviving origin refused nothing: {metrics}"
+    );
+}
+
+/// 6. An edge whose settings let a publisher in that the origin refuses
+///    (misconfigured: different secrets) disconnects that publisher
+///    rather than keeping a publish that reaches no origin; the origin is
+///    not marked failed for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_the_origin_refuses_is_disconnected_at_the_edge() {
+    let origin = Node::builder()
+        .env("BATON_AUTH_TOKEN_SECRET", "another-secret-0123456789")
+        .start()
+        .await;
+    let edge = Node::edge_builder()
+        .origin(&origin)
+        .env("BATON_AUTH_TOKEN_SECRET", SECRET)
+        .start()
+        .await;
+    let url = format!(
+        "{}?{}",
+        edge.rtmp_url(APP, "mismatch"),
+        token(Action::Publish, "mismatch", 600)
+    );
+    let mut synth = Synth::standard();
+    let mut publisher = publisher(&url).await;
+    let started = Instant::now();
+    let mut frames = synth.headers();
+    let ended = loop {
+        if send_all(&mut publisher, &frames).await.is_err() {
+            break true;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            break false;
+        }
+        frames = synth.frames(3);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        ended,
+        "the edge kept a publish no origin accepts:\n{}",
+        edge.log_tail(30)
+    );
+    let metrics = metrics_text(&origin).await;
+    assert_eq!(
+        counter(&metrics, "publish", "token_invalid"),
+        1,
+        "{metrics}"
+    );
+    let edge_metrics = metrics_text(&edge).await;
+    assert!(
+        edge_metrics.contains("baton_edge_upstream_unauthorized_total")
+            && !edge_metrics.contains("baton_edge_upstream_failures_total"),
+        "counted as a refusal, not an origin failure: {edge_metrics}"
+    );
+}

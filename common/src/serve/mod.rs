@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::clients::ClientRegistry;
 use crate::handover::Role;
@@ -57,14 +58,17 @@ pub trait StreamDirectory: Send + Sync + 'static {
 
     /// [`StreamDirectory::publish`] for a client whose URL carried
     /// `client_query` (already authorized here): an edge passes it on to
-    /// the origin, which authorizes the publish again with its settings.
+    /// the origin, which authorizes the publish again with its settings,
+    /// and cancels `disconnect` (ending the client's connection) if the
+    /// origin refuses it.
     fn publish_with_query(
         &self,
         key: StreamKey,
         publisher: PublisherInfo,
         client_query: Option<&str>,
+        disconnect: CancellationToken,
     ) -> Result<Publisher, PublishError> {
-        let _ = client_query;
+        let _ = (client_query, disconnect);
         self.publish(key, publisher)
     }
 

@@ -266,11 +266,12 @@ impl Connection {
             peer: self.guard.entry().peer,
             timeline: info_timeline.clone(),
         };
-        let publisher = match self
+        let kick = self.guard.entry().kick.clone();
+        let claimed = self
             .ctx
             .streams
-            .publish_with_query(key.clone(), info, query)
-        {
+            .publish_with_query(key.clone(), info, query, kick);
+        let publisher = match claimed {
             Ok(publisher) => publisher,
             Err(PublishError::AlreadyPublishing(_)) => {
                 self.session.reject_publish(
