@@ -93,6 +93,7 @@ fn service(settings: Settings, edge: EdgeSettings) -> Service {
                 settings: edge,
                 shutdown: shutdown.clone(),
                 play_wait_timeout: settings.play_wait_timeout,
+                auth: settings.auth.clone(),
             });
             EdgeDirectory::new(core)
         }),
