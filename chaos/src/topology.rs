@@ -276,10 +276,12 @@ impl Topology {
                 });
                 Ok(())
             }
-            Network::Netns { net, .. } => match state {
+            // `tc` runs while players receive: let the runtime move them
+            // off this worker meanwhile.
+            Network::Netns { net, .. } => tokio::task::block_in_place(|| match state {
                 LinkState::Normal => net.clear_fault(i),
                 LinkState::Fault(f) => net.set_fault(i, f),
-            },
+            }),
         }
     }
 
@@ -294,7 +296,8 @@ impl Topology {
                 Ok(())
             }
             Network::Netns { net, origin_ns } => {
-                net.reset_connections(origin_ns.get(i).context("no such origin")?)
+                let ns = origin_ns.get(i).context("no such origin")?;
+                tokio::task::block_in_place(|| net.reset_connections(ns))
             }
         }
     }
