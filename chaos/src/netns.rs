@@ -76,13 +76,47 @@ fn effective_uid() -> Option<u32> {
     uids.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Whether this process may build namespaces: root, and `ip netns` works.
+/// Whether this process may build namespaces: root, and a namespace with
+/// a veth pair and an HTB qdisc can be made (tried once).
 pub fn available() -> bool {
-    effective_uid() == Some(0)
-        && Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .is_ok_and(|o| o.status.success())
+    effective_uid() == Some(0) && probe().namespaces
+}
+
+/// Whether the kernel has `sch_netem` (tried once).
+pub fn netem_available() -> bool {
+    probe().netem
+}
+
+/// What the kernel and tools here can do.
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    namespaces: bool,
+    netem: bool,
+}
+
+/// Tries what mode 2 needs in a namespace of its own, removed after.
+fn probe() -> Probe {
+    static KNOWN: std::sync::OnceLock<Probe> = std::sync::OnceLock::new();
+    *KNOWN.get_or_init(|| {
+        let ns = format!("{PREFIX}{}-probe", std::process::id());
+        let ip = |words: &[&str]| {
+            let mut v = args(&["-n", &ns]);
+            v.extend(args(words));
+            run("ip", &v).is_ok()
+        };
+        let tc = |words: &[&str]| {
+            let mut v = args(&["-n", &ns]);
+            v.extend(args(words));
+            run("tc", &v).is_ok()
+        };
+        let namespaces = run("ip", &args(&["netns", "add", &ns])).is_ok()
+            && ip(&["link", "add", "p0", "type", "veth", "peer", "name", "p1"])
+            && ip(&["link", "add", "br0", "type", "bridge"])
+            && tc(&["qdisc", "add", "dev", "p0", "root", "handle", "1:", "htb"]);
+        let netem = namespaces && tc(&["qdisc", "add", "dev", "p1", "root", "netem"]);
+        delete_namespace(&ns);
+        Probe { namespaces, netem }
+    })
 }
 
 /// The PID that owns a namespace or host link name of this tool, if it is
@@ -148,28 +182,6 @@ fn delete_namespace(ns: &str) {
         }
     }
     let _ = run("ip", &args(&["netns", "del", ns]));
-}
-
-/// Whether the kernel has `sch_netem` (tried once, on a dummy device in a
-/// namespace of its own).
-pub fn netem_available() -> bool {
-    static KNOWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *KNOWN.get_or_init(|| {
-        let ns = format!("{PREFIX}{}-probe", std::process::id());
-        let ok = run("ip", &args(&["netns", "add", &ns])).is_ok()
-            && run(
-                "ip",
-                &args(&["-n", &ns, "link", "add", "probe0", "type", "dummy"]),
-            )
-            .is_ok()
-            && run(
-                "tc",
-                &args(&["-n", &ns, "qdisc", "add", "dev", "probe0", "root", "netem"]),
-            )
-            .is_ok();
-        delete_namespace(&ns);
-        ok
-    })
 }
 
 /// Routes of the host as (network, prefix length); `default` is skipped.

@@ -48,7 +48,7 @@ fn decide(choice: ModeChoice, scenario: &Scenario) -> anyhow::Result<Decision> {
         ModeChoice::Loopback => Decision::Run(NetMode::Loopback, None),
         ModeChoice::Netns => {
             if !netns::available() {
-                bail!("--mode netns needs root and a working `ip netns`");
+                bail!("--mode netns needs root and working `ip netns`, veth, bridge and HTB (iproute2)");
             }
             if delays && !netns::netem_available() {
                 Decision::Skip(format!("{no_delay} (run it with --mode loopback)"))
@@ -60,7 +60,7 @@ fn decide(choice: ModeChoice, scenario: &Scenario) -> anyhow::Result<Decision> {
             if !netns::available() {
                 Decision::Run(
                     NetMode::Loopback,
-                    Some("auto: not root or no `ip netns`".into()),
+                    Some("auto: not root, or no working `ip netns`, veth, bridge or HTB".into()),
                 )
             } else if delays && !netns::netem_available() {
                 Decision::Run(NetMode::Loopback, Some(format!("auto: {no_delay}")))
