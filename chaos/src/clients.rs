@@ -256,20 +256,12 @@ pub struct PlayLog {
     pub connects: u32,
     /// What a real decoder (ffmpeg) complained about.
     pub decoder_errors: Vec<String>,
-    /// The longest gap between two arrivals so far, kept as frames arrive
-    /// so a progress line never scans the whole log.
-    pub worst_gap: Duration,
 }
 
 impl PlayLog {
     /// Note a frame that arrived `arrival.at` (taken before the log was
     /// locked, so waiting for the lock never looks like a stall).
     pub fn push(&mut self, arrival: Arrival) {
-        if let Some(last) = self.frames.last() {
-            self.worst_gap = self
-                .worst_gap
-                .max(arrival.at.saturating_duration_since(last.at));
-        }
         self.frames.push(arrival);
     }
 }

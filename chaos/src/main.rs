@@ -5,13 +5,17 @@
 //! frame. See `chaos/README.md`.
 //!
 //! Modules: [`scenario`] (the TOML format), [`topology`] / [`process`] /
-//! [`proxy`] (the processes and the network), [`clients`] (publishers and
+//! [`proxy`] / [`netns`] (the processes and the network: loopback and
+//! proxies, or network namespaces and tc), [`clients`] (publishers and
 //! players that log every frame), [`runner`] (the schedule), [`report`]
-//! (windows, verdicts, summary), [`soak`] (seeded random schedules).
+//! (windows, verdicts, summary, memory), [`soak`] (seeded random
+//! schedules), [`progress`] (the soak's progress line).
 
 mod clients;
 mod dur;
+mod netns;
 mod process;
+mod progress;
 mod proxy;
 mod report;
 mod runner;
@@ -27,6 +31,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::dur::Dur;
+use crate::runner::ModeChoice;
 use crate::scenario::Scenario;
 
 #[derive(Parser)]
@@ -51,6 +56,10 @@ enum Command {
         /// CI form: a final table of every scenario and the wall time.
         #[arg(long)]
         ci: bool,
+        /// Network: namespaces (netns), 127.0.0.x and proxies (loopback),
+        /// or netns when possible (auto).
+        #[arg(long, value_enum, default_value = "auto")]
+        mode: ModeChoice,
     },
     /// List the scenarios in a directory.
     List {
@@ -74,6 +83,9 @@ enum Command {
         /// Players in all, spread over the streams, both edges, RTMP and FLV.
         #[arg(long, default_value_t = 3)]
         players: usize,
+        /// Network: see `run --mode`.
+        #[arg(long, value_enum, default_value = "auto")]
+        mode: ModeChoice,
     },
 }
 
@@ -90,7 +102,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(command(cli.command)) {
+    // Ctrl-C or SIGTERM drops the command: the topology's destructors
+    // kill every process and remove the namespaces.
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            outcome = command(cli.command) => outcome,
+            signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}; cleaned up")),
+        }
+    });
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
@@ -100,10 +120,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// Waits for SIGINT or SIGTERM; names it.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
 /// `Ok(passed)`.
 async fn command(command: Command) -> anyhow::Result<bool> {
     match command {
-        Command::Run { files, out, ci } => run_files(&files, &out, ci).await,
+        Command::Run {
+            files,
+            out,
+            ci,
+            mode,
+        } => run_files(&files, &out, ci, mode).await,
         Command::List { dir } => {
             list(&dir)?;
             Ok(true)
@@ -115,6 +155,7 @@ async fn command(command: Command) -> anyhow::Result<bool> {
             print,
             publishers,
             players,
+            mode,
         } => {
             let s = soak::scenario_with(
                 seed,
@@ -135,14 +176,19 @@ async fn command(command: Command) -> anyhow::Result<bool> {
                 "soak: seed {seed}, {duration}, {} faults scheduled",
                 s.faults.len()
             );
-            let report = runner::run(&s, &out, Some(seed), true).await?;
+            let report = runner::run(&s, &out, Some(seed), true, mode).await?;
             print!("{}", report.summary());
             Ok(report.passed)
         }
     }
 }
 
-async fn run_files(files: &[PathBuf], out: &Path, ci: bool) -> anyhow::Result<bool> {
+async fn run_files(
+    files: &[PathBuf],
+    out: &Path,
+    ci: bool,
+    mode: ModeChoice,
+) -> anyhow::Result<bool> {
     let started = Instant::now();
     let scenarios: Vec<Scenario> = files
         .iter()
@@ -152,7 +198,7 @@ async fn run_files(files: &[PathBuf], out: &Path, ci: bool) -> anyhow::Result<bo
     for s in &scenarios {
         eprintln!("--- {}: {}", s.name, s.description);
         let t = Instant::now();
-        match runner::run(s, out, None, false).await {
+        match runner::run(s, out, None, false, mode).await {
             Ok(report) => {
                 print!("{}", report.summary());
                 let worst = report
@@ -162,31 +208,45 @@ async fn run_files(files: &[PathBuf], out: &Path, ci: bool) -> anyhow::Result<bo
                     .map(|t| t.longest_stall_ms)
                     .max()
                     .unwrap_or_default();
+                let (verdict, note) = if report.is_skipped() {
+                    ("SKIP", report.violations.join("; "))
+                } else if report.passed {
+                    ("PASS", String::new())
+                } else {
+                    ("FAIL", String::new())
+                };
                 results.push((
                     s.name.clone(),
-                    report.passed,
+                    verdict,
+                    report.mode.clone(),
                     worst,
                     t.elapsed(),
-                    String::new(),
+                    note,
                 ));
             }
             Err(e) => {
                 println!("ERROR {}: {e:#}", s.name);
-                results.push((s.name.clone(), false, 0, t.elapsed(), format!("{e:#}")));
+                results.push((
+                    s.name.clone(),
+                    "FAIL",
+                    String::new(),
+                    0,
+                    t.elapsed(),
+                    format!("{e:#}"),
+                ));
             }
         }
     }
-    let passed = results.iter().all(|r| r.1);
+    let passed = results.iter().all(|r| r.1 != "FAIL");
     if ci || results.len() > 1 {
         println!("\n=== chaos suite: {} scenario(s) ===", results.len());
         println!(
-            "  {:<28} {:<6} {:>14} {:>8}",
-            "scenario", "result", "worst stall ms", "wall s"
+            "  {:<28} {:<6} {:<8} {:>14} {:>8}",
+            "scenario", "result", "mode", "worst stall ms", "wall s"
         );
-        for (name, ok, stall, wall, err) in &results {
+        for (name, verdict, mode, stall, wall, err) in &results {
             println!(
-                "  {name:<28} {:<6} {stall:>14} {:>8.1}{}",
-                if *ok { "PASS" } else { "FAIL" },
+                "  {name:<28} {verdict:<6} {mode:<8} {stall:>14} {:>8.1}{}",
                 wall.as_secs_f64(),
                 if err.is_empty() {
                     String::new()

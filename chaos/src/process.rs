@@ -27,6 +27,15 @@ pub struct Addrs {
 }
 
 impl Addrs {
+    /// Fixed ports on `ip` (netns mode: each process has its own address).
+    pub fn at(ip: std::net::IpAddr, (rtmp, http, api): (u16, u16, u16)) -> Addrs {
+        Addrs {
+            rtmp: SocketAddr::new(ip, rtmp),
+            http: SocketAddr::new(ip, http),
+            api: SocketAddr::new(ip, api),
+        }
+    }
+
     /// Three free ports on `ip` (bound to port 0, then released).
     pub fn free(ip: std::net::IpAddr) -> anyhow::Result<Addrs> {
         let bind = || -> anyhow::Result<std::net::TcpListener> {
@@ -41,6 +50,30 @@ impl Addrs {
     }
 }
 
+/// The resident memory of one process at one moment.
+#[derive(Debug, Clone)]
+pub struct RssSample {
+    pub pid: u32,
+    /// `start` (healthy after a start or an upgrade), `exit` (just before
+    /// a signal that ends it), `end` (the end of the run).
+    pub event: &'static str,
+    pub at: tokio::time::Instant,
+    pub rss_kib: u64,
+}
+
+/// Resident set size of `pid` in KiB (`VmRSS`), if it is alive.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// A Baton process; see the module docs.
 pub struct Proc {
     pub name: String,
@@ -51,6 +84,10 @@ pub struct Proc {
     pid_file: PathBuf,
     log_path: PathBuf,
     child: Option<Child>,
+    /// `ip netns exec NS` in front of the binary (mode 2).
+    netns: Option<String>,
+    /// Resident memory at every start, before every exit, at the end.
+    pub memory: Vec<RssSample>,
 }
 
 /// Whether `pid` exists and is not a zombie.
@@ -106,6 +143,8 @@ impl Proc {
             pid_file,
             log_path: log_dir.join(format!("{name}.log")),
             child: None,
+            netns: None,
+            memory: Vec::new(),
         })
     }
 
@@ -121,7 +160,14 @@ impl Proc {
             .append(true)
             .open(&self.log_path)
             .with_context(|| format!("opening {}", self.log_path.display()))?;
-        let mut cmd = Command::new(&self.binary);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(&self.binary);
+                cmd
+            }
+            None => Command::new(&self.binary),
+        };
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("BATON_") {
                 cmd.env_remove(&key);
@@ -135,7 +181,28 @@ impl Proc {
             .spawn()
             .with_context(|| format!("spawning {}", self.binary.display()))?;
         self.child = Some(child);
-        self.wait_healthy(Duration::from_secs(15)).await
+        self.wait_healthy(Duration::from_secs(15)).await?;
+        self.note_rss("start");
+        Ok(())
+    }
+
+    /// Runs the process inside network namespace `ns` from its next start.
+    pub fn in_netns(&mut self, ns: &str) {
+        self.netns = Some(ns.to_owned());
+    }
+
+    /// Records the current generation's resident memory as `event`.
+    pub fn note_rss(&mut self, event: &'static str) {
+        if let Some(pid) = self.pid() {
+            if let Some(rss_kib) = rss_kib(pid) {
+                self.memory.push(RssSample {
+                    pid,
+                    event,
+                    at: tokio::time::Instant::now(),
+                    rss_kib,
+                });
+            }
+        }
     }
 
     /// Polls `/healthz` until 200 (bounded).
@@ -206,11 +273,18 @@ impl Proc {
             .collect()
     }
 
-    /// Signals the current generation; returns its PID.
+    /// Signals the current generation; returns its PID. Its memory is
+    /// recorded first if the signal ends it (or starts its successor).
     pub fn signal(&mut self, sig: Signal) -> anyhow::Result<u32> {
         let pid = self
             .pid()
             .with_context(|| format!("{} is not running", self.name))?;
+        if matches!(
+            sig,
+            Signal::SIGKILL | Signal::SIGTERM | Signal::SIGQUIT | Signal::SIGUSR2
+        ) {
+            self.note_rss("exit");
+        }
         signal(pid, sig)?;
         Ok(pid)
     }

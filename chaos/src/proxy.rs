@@ -12,11 +12,15 @@
 //!   cable); new connections wait before being connected upstream;
 //! - `Delay(d)`: every chunk is written `d` after it was read;
 //! - `Throttle(r)`: each direction carries at most `r` bytes per second;
-//! - `Reset`: every connection is aborted with an RST, new ones too.
+//! - `Reset`: every connection is aborted with an RST, new ones too;
+//! - `Loss(bp)`: packet loss as TCP sees it, emulated: each chunk is, with
+//!   probability `bp` / 10 000, held for a retransmission timeout (200 ms,
+//!   Linux's minimum RTO) before it and everything after it is written.
+//!   (Mode 2 drops real packets in the kernel instead.)
 //!
 //! Only loopback targets are accepted.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -35,6 +39,33 @@ pub enum Mode {
     Delay(Duration),
     Throttle(u64),
     Reset,
+    /// Loss in basis points (1/10 000).
+    Loss(u32),
+}
+
+/// What a lost segment costs a TCP stream: Linux's minimum RTO.
+const RETRANSMIT: Duration = Duration::from_millis(200);
+
+/// xorshift64*, seeded per connection direction: good enough to pick lost
+/// chunks, no dependency.
+struct Dice(u64);
+
+impl Dice {
+    fn new() -> Dice {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        Dice(nanos | 1)
+    }
+
+    /// Whether an event of probability `bp` / 10 000 happens.
+    fn hits(&mut self, bp: u32) -> bool {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) % 10_000 < u64::from(bp)
+    }
 }
 
 const CHUNK: usize = 4096;
@@ -49,14 +80,15 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Listens on a free port of `listen_ip` and forwards to `target`.
-    pub async fn start(listen_ip: IpAddr, target: SocketAddr) -> anyhow::Result<Proxy> {
+    /// Listens on `listen` (port 0: any free one) and forwards to `target`.
+    pub async fn start_on(listen: SocketAddr, target: SocketAddr) -> anyhow::Result<Proxy> {
+        let listen_ip = listen.ip();
         if !target.ip().is_loopback() || !listen_ip.is_loopback() {
             bail!("the chaos proxy only runs on loopback (asked {listen_ip} -> {target})");
         }
-        let listener = TcpListener::bind((listen_ip, 0))
+        let listener = TcpListener::bind(listen)
             .await
-            .with_context(|| format!("binding a proxy on {listen_ip}"))?;
+            .with_context(|| format!("binding a proxy on {listen}"))?;
         let listen = listener.local_addr().context("proxy local_addr")?;
         let (mode, mode_rx) = watch::channel(Mode::Forward);
         let task = tokio::spawn(accept_loop(listener, target, mode_rx));
@@ -160,6 +192,7 @@ async fn direction(mut rd: OwnedReadHalf, mut wr: OwnedWriteHalf, mode: watch::R
         }
     };
     let mut write_mode = mode;
+    let mut dice = Dice::new();
     let writer = async move {
         loop {
             let next = tokio::select! {
@@ -191,6 +224,7 @@ async fn direction(mut rd: OwnedReadHalf, mut wr: OwnedWriteHalf, mode: watch::R
                     let secs = chunk.len() as f64 / rate.max(1) as f64;
                     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
                 }
+                Mode::Loss(bp) if dice.hits(bp) => tokio::time::sleep(RETRANSMIT).await,
                 _ => {}
             }
             if !passable(&mut write_mode).await || wr.write_all(&chunk).await.is_err() {
@@ -205,6 +239,15 @@ async fn direction(mut rd: OwnedReadHalf, mut wr: OwnedWriteHalf, mode: watch::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dice_hit_about_as_often_as_asked() {
+        let mut d = Dice(0x1234_5678_9abc_def1);
+        let hits = (0..100_000).filter(|_| d.hits(500)).count();
+        assert!((4_000..6_000).contains(&hits), "{hits}");
+        assert!(!(0..1000).any(|_| d.hits(0)));
+        assert!((0..1000).all(|_| d.hits(10_000)));
+    }
 
     #[tokio::test]
     async fn forwards_delays_and_resets() -> anyhow::Result<()> {
@@ -222,7 +265,7 @@ mod tests {
                 });
             }
         });
-        let proxy = Proxy::start("127.0.0.1".parse()?, target).await?;
+        let proxy = Proxy::start_on("127.0.0.1:0".parse()?, target).await?;
         let mut c = TcpStream::connect(proxy.listen_addr()).await?;
         let mut buf = [0u8; 4];
         c.write_all(b"ping").await?;
@@ -237,6 +280,12 @@ mod tests {
             "{:?}",
             t.elapsed()
         );
+        proxy.set_mode(Mode::Loss(10_000));
+        let t = std::time::Instant::now();
+        c.write_all(b"lost").await?;
+        tokio::time::timeout(Duration::from_secs(2), c.read_exact(&mut buf)).await??;
+        assert_eq!(&buf, b"lost");
+        assert!(t.elapsed() >= 2 * RETRANSMIT, "{:?}", t.elapsed());
         proxy.set_mode(Mode::Reset);
         let r = tokio::time::timeout(Duration::from_secs(2), c.read(&mut buf)).await?;
         assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");

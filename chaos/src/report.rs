@@ -66,19 +66,116 @@ pub struct WindowReport {
     pub publishers: Vec<PublisherStats>,
 }
 
+/// The resident memory of one process (an origin, an edge, the tool) at
+/// one moment of the run.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MemorySample {
+    pub process: String,
+    pub pid: u32,
+    /// `start`, `exit` (just before a signal that ends it) or `end`.
+    pub event: String,
+    /// From the moment every player received (negative: before).
+    pub at_ms: i64,
+    pub rss_kib: u64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub scenario: String,
     pub description: String,
-    /// "loopback" (mode 1: 127.0.0.x addresses and proxies).
+    /// "loopback" (mode 1: 127.0.0.x addresses and proxies), "netns"
+    /// (mode 2: network namespaces, faults with tc), "none" when skipped.
     pub mode: String,
+    /// Why this mode (when `--mode auto` did not pick netns).
+    pub mode_note: Option<String>,
+    /// "pass", "fail" or "skipped" (the scenario cannot run in the mode
+    /// asked for; `violations` says why).
+    pub result: String,
     pub seed: Option<u64>,
     pub wall_ms: u64,
     pub passed: bool,
     pub violations: Vec<String>,
     pub windows: Vec<WindowReport>,
     pub totals: Vec<PlayerStats>,
+    /// Resident memory of every process at its start, before it was made
+    /// to exit, and at the end of the run.
+    pub memory: Vec<MemorySample>,
     pub logs: String,
+}
+
+impl Report {
+    /// A scenario that did not run, and why.
+    pub fn skipped(
+        scenario: &crate::scenario::Scenario,
+        why: &str,
+        dir: &std::path::Path,
+    ) -> Report {
+        Report {
+            scenario: scenario.name.clone(),
+            description: scenario.description.clone(),
+            mode: "none".into(),
+            mode_note: None,
+            result: "skipped".into(),
+            seed: None,
+            wall_ms: 0,
+            passed: false,
+            violations: vec![format!("skipped: {why}")],
+            windows: Vec::new(),
+            totals: Vec::new(),
+            memory: Vec::new(),
+            logs: dir.display().to_string(),
+        }
+    }
+
+    pub fn is_skipped(&self) -> bool {
+        self.result == "skipped"
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
+}
+
+/// One process generation's memory: (pid, RSS at start, last RSS and its
+/// event).
+type Generation<'a> = (u32, Option<u64>, Option<(u64, &'a str)>);
+
+/// One line of memory per process: `name start→end` for each generation
+/// (PID), in MiB; a generation that ended during the run shows its RSS
+/// just before the signal.
+pub fn memory_lines(samples: &[MemorySample]) -> Vec<String> {
+    let mut names: Vec<&str> = Vec::new();
+    for s in samples {
+        if !names.contains(&s.process.as_str()) {
+            names.push(&s.process);
+        }
+    }
+    names
+        .into_iter()
+        .map(|name| {
+            let mut gens: Vec<Generation<'_>> = Vec::new();
+            for s in samples.iter().filter(|s| s.process == name) {
+                match gens.iter_mut().find(|g| g.0 == s.pid) {
+                    Some(g) if s.event == "start" => g.1 = g.1.or(Some(s.rss_kib)),
+                    Some(g) => g.2 = Some((s.rss_kib, &s.event)),
+                    None if s.event == "start" => gens.push((s.pid, Some(s.rss_kib), None)),
+                    None => gens.push((s.pid, None, Some((s.rss_kib, &s.event)))),
+                }
+            }
+            let parts: Vec<String> = gens
+                .iter()
+                .map(|(_, start, last)| {
+                    let start = start.map_or("?".to_owned(), mib);
+                    match last {
+                        Some((kib, "end")) => format!("{start}→{}", mib(*kib)),
+                        Some((kib, event)) => format!("{start}→{} ({event})", mib(*kib)),
+                        None => format!("{start}→?"),
+                    }
+                })
+                .collect();
+            format!("{name} {}", parts.join(", "))
+        })
+        .collect()
 }
 
 fn ms(d: Duration) -> u64 {
@@ -340,11 +437,23 @@ impl Report {
     /// The one-screen summary: a table per fault, totals, the verdict.
     pub fn summary(&self) -> String {
         let mut out = String::new();
+        if self.is_skipped() {
+            let _ = writeln!(
+                out,
+                "SKIP {}: {}",
+                self.scenario,
+                self.violations.join("; ")
+            );
+            return out;
+        }
         let _ = writeln!(
             out,
-            "=== {} ({}, {:.1}s{}) ===",
+            "=== {} ({}{}, {:.1}s{}) ===",
             self.scenario,
             self.mode,
+            self.mode_note
+                .as_ref()
+                .map_or(String::new(), |n| format!(" — {n}")),
             self.wall_ms as f64 / 1000.0,
             self.seed.map_or(String::new(), |s| format!(", seed {s}"))
         );
@@ -387,6 +496,13 @@ impl Report {
             out,
             "  (* = its own edge or publisher is faulted: reported, not checked)"
         );
+        let memory = memory_lines(&self.memory);
+        if !memory.is_empty() {
+            let _ = writeln!(out, "[memory] RSS MiB, start→end per generation");
+            for chunk in memory.chunks(3) {
+                let _ = writeln!(out, "  {}", chunk.join(" | "));
+            }
+        }
         if self.passed {
             let _ = writeln!(out, "PASS {}", self.scenario);
         } else {
@@ -473,17 +589,49 @@ mod tests {
             scenario: "unit".into(),
             description: String::new(),
             mode: "loopback".into(),
+            mode_note: None,
+            result: "fail".into(),
             seed: None,
             wall_ms: 2000,
             passed: false,
             violations: violations(&expect, &[], std::slice::from_ref(&t)),
             windows: vec![],
             totals: vec![t],
+            memory: vec![],
             logs: String::new(),
         };
         assert_eq!(report.violations.len(), 4, "{:?}", report.violations);
         let summary = report.summary();
         assert!(summary.contains("FAIL unit"), "{summary}");
         assert!(summary.lines().count() < 25);
+    }
+
+    #[test]
+    fn memory_is_one_line_per_process_with_every_generation() {
+        let sample = |process: &str, pid: u32, event: &str, rss_kib: u64| MemorySample {
+            process: process.into(),
+            pid,
+            event: event.into(),
+            at_ms: 0,
+            rss_kib,
+        };
+        let samples = vec![
+            sample("baton-chaos", 1, "start", 10240),
+            sample("origin0", 10, "start", 6144),
+            sample("origin1", 11, "start", 6144),
+            sample("origin0", 10, "exit", 8192),
+            sample("origin0", 12, "start", 5120),
+            sample("origin0", 12, "end", 7168),
+            sample("origin1", 11, "end", 6656),
+            sample("baton-chaos", 1, "end", 20480),
+        ];
+        assert_eq!(
+            memory_lines(&samples),
+            vec![
+                "baton-chaos 10.0→20.0".to_owned(),
+                "origin0 6.0→8.0 (exit), 5.0→7.0".to_owned(),
+                "origin1 6.0→6.5".to_owned(),
+            ]
+        );
     }
 }

@@ -2,20 +2,74 @@
 //! fault schedule, stop, account for every frame, write the report.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
-use crate::clients::{lock, Player, Publisher};
-use crate::process::{alive, Proc};
-use crate::proxy::Mode;
-use crate::report::{self, Report, Window, WindowReport};
+use crate::clients::{Player, Publisher};
+use crate::netns::{self, LinkFault};
+use crate::process::{alive, rss_kib, Proc};
+use crate::progress::{FaultCounters, Progress};
+use crate::report::{self, MemorySample, Report, Window, WindowReport};
 use crate::scenario::{Action, Protocol, PublisherKind, Scenario, Target};
-use crate::topology::{Topology, APP};
+use crate::topology::{LinkState, NetMode, Topology, APP};
 
 const EXIT_WAIT: Duration = Duration::from_secs(15);
+
+/// `--mode`: which network the topology runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeChoice {
+    /// netns when root and `ip netns` works (and, for delay faults, the
+    /// kernel has sch_netem), else loopback.
+    Auto,
+    /// Network namespaces, faults with tc (mode 2).
+    Netns,
+    /// 127.0.0.x addresses and proxies (mode 1).
+    Loopback,
+}
+
+/// How a scenario runs: on which network, why, or why not at all.
+enum Decision {
+    Run(NetMode, Option<String>),
+    Skip(String),
+}
+
+fn decide(choice: ModeChoice, scenario: &Scenario) -> anyhow::Result<Decision> {
+    let delays = scenario
+        .faults
+        .iter()
+        .any(|f| matches!(f.action, Action::Delay { .. }));
+    let no_delay = "this kernel has no sch_netem, which delay faults need in netns mode";
+    Ok(match choice {
+        ModeChoice::Loopback => Decision::Run(NetMode::Loopback, None),
+        ModeChoice::Netns => {
+            if !netns::available() {
+                bail!("--mode netns needs root and working `ip netns`, veth, bridge and HTB (iproute2)");
+            }
+            if delays && !netns::netem_available() {
+                Decision::Skip(format!("{no_delay} (run it with --mode loopback)"))
+            } else {
+                Decision::Run(NetMode::Netns, None)
+            }
+        }
+        ModeChoice::Auto => {
+            if !netns::available() {
+                Decision::Run(
+                    NetMode::Loopback,
+                    Some("auto: not root, or no working `ip netns`, veth, bridge or HTB".into()),
+                )
+            } else if delays && !netns::netem_available() {
+                Decision::Run(NetMode::Loopback, Some(format!("auto: {no_delay}")))
+            } else {
+                Decision::Run(NetMode::Netns, None)
+            }
+        }
+    })
+}
 
 /// Runs `scenario`, writing logs and `report.json` under `out/<name>/`.
 pub async fn run(
@@ -23,6 +77,7 @@ pub async fn run(
     out: &Path,
     seed: Option<u64>,
     progress: bool,
+    choice: ModeChoice,
 ) -> anyhow::Result<Report> {
     let wall = Instant::now();
     let dir = out.join(&scenario.name);
@@ -32,7 +87,16 @@ pub async fn run(
             let _ = std::fs::remove_file(entry.path());
         }
     }
-    let mut topo = Topology::start(&scenario.topology, &dir).await?;
+    let (mode, mode_note) = match decide(choice, scenario)? {
+        Decision::Run(mode, note) => (mode, note),
+        Decision::Skip(why) => {
+            let report = Report::skipped(scenario, &why, &dir);
+            write_report(&report, &dir)?;
+            return Ok(report);
+        }
+    };
+    let tool_start = (Instant::now(), rss_kib(std::process::id()));
+    let mut topo = Topology::start(&scenario.topology, &dir, mode).await?;
 
     let mut publishers = Vec::new();
     for p in &scenario.publishers {
@@ -93,34 +157,18 @@ pub async fn run(
         error: None,
     }];
     let holder_stream = scenario.publishers[0].stream.clone();
+    let counters = Arc::new(FaultCounters::default());
     let ticker = progress.then(|| {
         let logs: Vec<_> = players
             .iter()
             .map(|p| (p.name.clone(), p.log.clone()))
             .collect();
-        let total = scenario.duration.0;
+        let mut tracker = Progress::new(logs, t0, scenario.duration.0, scenario.expect.clone());
+        let counters = counters.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(10)).await;
-                // One short line, O(players): each log keeps its worst gap.
-                let (mut frames, mut disconnects, mut worst) = (0usize, 0usize, (Duration::ZERO, ""));
-                for (name, log) in &logs {
-                    let l = lock(log);
-                    frames += l.frames.len();
-                    disconnects += l.ends.len();
-                    if l.worst_gap > worst.0 {
-                        worst = (l.worst_gap, name.as_str());
-                    }
-                }
-                let line = format!(
-                    "soak {:>5.0}s/{:.0}s | {} players, {frames} frames, {disconnects} disconnects, worst stall {}ms ({})",
-                    t0.elapsed().as_secs_f64(),
-                    total.as_secs_f64(),
-                    logs.len(),
-                    worst.0.as_millis(),
-                    worst.1,
-                );
-                eprintln!("{line}");
+                eprintln!("{}", tracker.snapshot(Instant::now(), &counters).line());
             }
         })
     });
@@ -134,9 +182,13 @@ pub async fn run(
             eprintln!("soak fault {}: {}", n + 1, fault.action.label());
         }
         let result = apply(&mut topo, &publishers, &holder_stream, &fault.action).await;
+        counters.applied.fetch_add(1, Ordering::Relaxed);
         let (detail, error) = match result {
             Ok(d) => (format!("{d} ({} ms)", start.elapsed().as_millis()), None),
-            Err(e) => (String::new(), Some(format!("{e:#}"))),
+            Err(e) => {
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                (String::new(), Some(format!("{e:#}")))
+            }
         };
         windows.push(Window {
             label: fault.action.label(),
@@ -166,6 +218,31 @@ pub async fn run(
         .into_iter()
         .map(|p| (p.name.clone(), p.stop()))
         .collect();
+    let tool = |at: Instant, rss: Option<u64>, event: &str| {
+        rss.map(|rss_kib| MemorySample {
+            process: "baton-chaos".into(),
+            pid: std::process::id(),
+            event: event.into(),
+            at_ms: signed_ms(at, t0),
+            rss_kib,
+        })
+    };
+    let mut memory: Vec<MemorySample> = tool(tool_start.0, tool_start.1, "start")
+        .into_iter()
+        .collect();
+    for p in topo.edges.iter_mut().chain(topo.origins.iter_mut()) {
+        p.note_rss("end");
+    }
+    for p in topo.origins.iter().chain(topo.edges.iter()) {
+        memory.extend(p.memory.iter().map(|s| MemorySample {
+            process: p.name.clone(),
+            pid: s.pid,
+            event: s.event.to_owned(),
+            at_ms: signed_ms(s.at, t0),
+            rss_kib: s.rss_kib,
+        }));
+    }
+    memory.extend(tool(Instant::now(), rss_kib(std::process::id()), "end"));
     drop(topo);
 
     let mut reports: Vec<WindowReport> = windows
@@ -203,22 +280,39 @@ pub async fn run(
         }
     }
     let violations = report::violations(&scenario.expect, &reports, &totals);
+    let passed = violations.is_empty();
     let report = Report {
         scenario: scenario.name.clone(),
         description: scenario.description.clone(),
-        mode: "loopback".into(),
+        mode: mode.label().into(),
+        mode_note,
+        result: if passed { "pass" } else { "fail" }.into(),
         seed,
         wall_ms: wall.elapsed().as_millis() as u64,
-        passed: violations.is_empty(),
+        passed,
         violations,
         windows: reports,
         totals,
+        memory,
         logs: dir.display().to_string(),
     };
-    let json = serde_json::to_string_pretty(&report).context("serialising the report")?;
-    let path: PathBuf = dir.join("report.json");
-    std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
+    write_report(&report, &dir)?;
     Ok(report)
+}
+
+fn write_report(report: &Report, dir: &Path) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(report).context("serialising the report")?;
+    let path: PathBuf = dir.join("report.json");
+    std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))
+}
+
+/// `at - t0` in ms, negative before `t0`.
+fn signed_ms(at: Instant, t0: Instant) -> i64 {
+    if at >= t0 {
+        at.duration_since(t0).as_millis() as i64
+    } else {
+        -(t0.duration_since(at).as_millis() as i64)
+    }
 }
 
 fn resolve(topo: &Topology, target: &Target, holder: Option<usize>) -> anyhow::Result<Node> {
@@ -316,27 +410,44 @@ async fn apply(
             Ok(done.join("; "))
         }
         Action::Blackhole { target, hold } => {
-            net(topo, target, holder, Mode::Blackhole, hold.0).await
+            link_fault(topo, target, holder, LinkFault::Blackhole, hold.0).await
         }
         Action::Delay {
             target,
             delay,
             hold,
-        } => net(topo, target, holder, Mode::Delay(delay.0), hold.0).await,
+        } => link_fault(topo, target, holder, LinkFault::Delay(delay.0), hold.0).await,
         Action::Throttle {
             target,
             bytes_per_sec,
             hold,
-        } => net(topo, target, holder, Mode::Throttle(*bytes_per_sec), hold.0).await,
-        Action::Reset { target } => {
-            net(
+        } => {
+            link_fault(
                 topo,
                 target,
                 holder,
-                Mode::Reset,
-                Duration::from_millis(100),
+                LinkFault::Throttle(*bytes_per_sec),
+                hold.0,
             )
             .await
+        }
+        Action::Loss {
+            target,
+            percent,
+            hold,
+        } => link_fault(topo, target, holder, LinkFault::Loss(*percent), hold.0).await,
+        Action::Reset { target } => {
+            let i = origin_index(topo, target, holder)?;
+            topo.reset_link(i).await?;
+            Ok(format!("origin{i}: every connection reset"))
+        }
+        Action::DnsAdd { target } => {
+            let i = origin_index(topo, target, holder)?;
+            topo.set_in_dns(i, true)
+        }
+        Action::DnsRemove { target } => {
+            let i = origin_index(topo, target, holder)?;
+            topo.set_in_dns(i, false)
         }
         Action::Flap {
             target,
@@ -373,20 +484,32 @@ fn action_needs_holder(action: &Action) -> bool {
     action.target() == Some(&Target::Holder)
 }
 
-async fn net(
+fn origin_index(topo: &Topology, target: &Target, holder: Option<usize>) -> anyhow::Result<usize> {
+    match resolve(topo, target, holder)? {
+        Node::Origin(i) => Ok(i),
+        Node::Edge(_) => bail!("network faults apply to origins"),
+    }
+}
+
+/// Puts `fault` on the origin's link for `hold`, then back to normal.
+async fn link_fault(
     topo: &Topology,
     target: &Target,
     holder: Option<usize>,
-    mode: Mode,
+    fault: LinkFault,
     hold: Duration,
 ) -> anyhow::Result<String> {
-    let Node::Origin(i) = resolve(topo, target, holder)? else {
-        bail!("network faults apply to origins");
-    };
-    topo.links[i].set_mode(mode);
+    let i = origin_index(topo, target, holder)?;
+    if let Err(e) = topo.set_link(i, LinkState::Fault(fault)) {
+        let _ = topo.set_link(i, LinkState::Normal);
+        return Err(e);
+    }
     tokio::time::sleep(hold).await;
-    topo.links[i].set_mode(Mode::Forward);
-    Ok(format!("origin{i}: {mode:?}, then forwarding"))
+    topo.set_link(i, LinkState::Normal)?;
+    Ok(format!(
+        "origin{i}: {fault:?} ({}), then normal",
+        topo.mode.label()
+    ))
 }
 
 /// SIGUSR2, then wait for the new generation (PID file) to be healthy and
@@ -405,6 +528,7 @@ async fn upgrade(p: &mut Proc) -> anyhow::Result<String> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     p.wait_healthy(Duration::from_secs(10)).await?;
+    p.note_rss("start");
     while alive(old) {
         p.reap();
         if start.elapsed() > EXIT_WAIT {

@@ -42,6 +42,11 @@ pub struct TopologySpec {
     pub origin_args: Vec<String>,
     #[serde(default = "default_edge_args")]
     pub edge_args: Vec<String>,
+    /// Edges find origins through DNS (a name the tool serves, TTL 1 s)
+    /// instead of a static list; the name starts with these origins.
+    /// `dns-add` / `dns-remove` change it during the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_origins: Option<Vec<usize>>,
 }
 
 fn two() -> usize {
@@ -67,6 +72,7 @@ impl Default for TopologySpec {
             edges: 2,
             origin_args: default_origin_args(),
             edge_args: default_edge_args(),
+            dns_origins: None,
         }
     }
 }
@@ -255,6 +261,20 @@ pub enum Action {
     },
     /// Every connection to the origin is reset (RST) once.
     Reset { target: Target },
+    /// `percent` of the packets to and from the origin are lost (netns
+    /// mode: dropped in the kernel; loopback mode: emulated by the proxy
+    /// as a retransmission delay of that share of its chunks).
+    Loss {
+        target: Target,
+        percent: f64,
+        #[serde(rename = "for")]
+        hold: Dur,
+    },
+    /// The origin is added to the DNS name edges resolve.
+    DnsAdd { target: Target },
+    /// The origin is removed from the DNS name edges resolve (it keeps
+    /// running).
+    DnsRemove { target: Target },
     /// Killed and restarted: down for `down`, then up for `up`, for `for`.
     Flap {
         target: Target,
@@ -296,6 +316,13 @@ impl Action {
                 hold,
             } => format!("throttle {target} to {bytes_per_sec} B/s for {hold}"),
             Action::Reset { target } => format!("reset connections to {target}"),
+            Action::Loss {
+                target,
+                percent,
+                hold,
+            } => format!("{percent}% packet loss to {target} for {hold}"),
+            Action::DnsAdd { target } => format!("{target} added to DNS"),
+            Action::DnsRemove { target } => format!("{target} removed from DNS"),
             Action::Flap {
                 target,
                 down,
@@ -321,6 +348,9 @@ impl Action {
             | Action::Delay { target, .. }
             | Action::Throttle { target, .. }
             | Action::Reset { target }
+            | Action::Loss { target, .. }
+            | Action::DnsAdd { target }
+            | Action::DnsRemove { target }
             | Action::Flap { target, .. } => Some(target),
             Action::RollingUpgrade { .. }
             | Action::RollingRestart { .. }
@@ -328,7 +358,7 @@ impl Action {
         }
     }
 
-    /// Faults that go through the proxy in front of an origin.
+    /// Faults on the network in front of an origin (or on its DNS entry).
     fn network(&self) -> bool {
         matches!(
             self,
@@ -336,7 +366,14 @@ impl Action {
                 | Action::Delay { .. }
                 | Action::Throttle { .. }
                 | Action::Reset { .. }
+                | Action::Loss { .. }
+                | Action::DnsAdd { .. }
+                | Action::DnsRemove { .. }
         )
+    }
+
+    fn dns(&self) -> bool {
+        matches!(self, Action::DnsAdd { .. } | Action::DnsRemove { .. })
     }
 }
 
@@ -413,6 +450,11 @@ impl Scenario {
                 _ => Ok(()),
             }
         };
+        if let Some(listed) = &t.dns_origins {
+            if let Some(i) = listed.iter().find(|&&i| i >= t.origins) {
+                bail!("topology: dns_origins lists origin {i} of {}", t.origins);
+            }
+        }
         if self.publishers.is_empty() {
             bail!("at least one [[publisher]] is needed");
         }
@@ -456,6 +498,14 @@ impl Scenario {
                     bail!(
                         "{what}: network faults apply to origins (the proxy sits in front of them)"
                     );
+                }
+            }
+            if f.action.dns() && t.dns_origins.is_none() {
+                bail!("{what}: needs [topology] dns_origins (edges that find origins through DNS)");
+            }
+            if let Action::Loss { percent, .. } = f.action {
+                if !(0.0..=100.0).contains(&percent) {
+                    bail!("{what}: percent must be within 0..=100");
                 }
             }
             if let Action::PublisherReconnect { publisher } = &f.action {

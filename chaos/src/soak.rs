@@ -82,7 +82,7 @@ pub fn scenario_with(seed: u64, duration: Duration, load: Load) -> Scenario {
             Target::Origin(i) => Target::Origin(*i),
             _ => Target::Origin(rng.below(origins as u64) as usize),
         };
-        match rng.below(9) {
+        match rng.below(10) {
             0 | 1 => {
                 // Killed origins come back: target a fixed one so the
                 // restart finds it.
@@ -125,6 +125,14 @@ pub fn scenario_with(seed: u64, duration: Duration, load: Load) -> Scenario {
                 Action::Throttle {
                     target,
                     bytes_per_sec: 20_000,
+                    hold,
+                },
+            ),
+            9 => push(
+                at,
+                Action::Loss {
+                    target,
+                    percent: 5.0,
                     hold,
                 },
             ),

@@ -126,12 +126,22 @@ impl Upstream {
     }
 
     /// Write everything pending, failing if the origin accepts nothing for
-    /// the stall timeout.
+    /// the stall timeout, or stays silent for it while the write waits: on
+    /// a dead link the kernel's send buffer takes bytes for a while, and a
+    /// write that blocks only once it is full must not add its own timeout
+    /// to that time.
     pub async fn flush(&mut self) -> anyhow::Result<()> {
         while let Some(bytes) = self.session.take_output() {
-            tokio::time::timeout(self.stall_timeout, self.socket.write_all(&bytes))
+            let deadline =
+                (Instant::now() + self.stall_timeout).min(self.last_input + self.stall_timeout);
+            tokio::time::timeout_at(deadline, self.socket.write_all(&bytes))
                 .await
-                .map_err(|_| anyhow!("origin accepted no data for {:?}", self.stall_timeout))?
+                .map_err(|_| {
+                    anyhow!(
+                        "origin accepted no data and was silent for {:?}",
+                        self.stall_timeout
+                    )
+                })?
                 .context("write to origin")?;
         }
         Ok(())

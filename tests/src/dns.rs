@@ -18,7 +18,10 @@
 //! - [`TestDns::set_fault`] makes it answer SERVFAIL or not at all.
 //!
 //! Only loopback addresses (127.0.0.0/8) may be put in an answer: a test
-//! must never send an edge to a real host.
+//! must never send an edge to a real host. [`TestDns::start_on`] serves on
+//! another address instead (baton-chaos serves its network namespaces from
+//! the address of its own port on their bridge); answers may then also
+//! hold addresses of that address's /24, the test's own private network.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -61,6 +64,8 @@ struct Zone {
 #[derive(Debug)]
 struct Shared {
     origin: Name,
+    /// A non-loopback address served on: its /24 may be handed out too.
+    network: Option<Ipv4Addr>,
     zone: Mutex<Zone>,
     queries: AtomicU64,
 }
@@ -96,34 +101,42 @@ impl TestDns {
     /// Serves UDP and TCP on one free 127.0.0.1 port. Must be called inside
     /// a tokio runtime.
     pub async fn start() -> TestDns {
-        let origin = Name::from_ascii(ZONE).expect("ZONE is a valid name");
+        Self::start_on(Ipv4Addr::LOCALHOST)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Serves UDP and TCP on one free port of `ip` (loopback, or the
+    /// test's own address on a private test network; see the module docs).
+    pub async fn start_on(ip: Ipv4Addr) -> anyhow::Result<TestDns> {
+        use anyhow::Context as _;
+        let origin = Name::from_ascii(ZONE).context("ZONE is a valid name")?;
         let shared = Arc::new(Shared {
             origin,
+            network: (!ip.is_loopback()).then_some(ip),
             zone: Mutex::new(Zone::default()),
             queries: AtomicU64::new(0),
         });
         // The UDP and TCP ports must be equal: bind TCP on a free port,
         // then UDP on the same one, retrying if that one is taken.
         for _ in 0..20 {
-            let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            let tcp = tokio::net::TcpListener::bind((ip, 0))
                 .await
-                .unwrap_or_else(|e| panic!("TestDns: binding TCP 127.0.0.1:0: {e}"));
-            let addr = tcp
-                .local_addr()
-                .unwrap_or_else(|e| panic!("TestDns: local_addr: {e}"));
+                .with_context(|| format!("TestDns: binding TCP {ip}:0"))?;
+            let addr = tcp.local_addr().context("TestDns: local_addr")?;
             let Ok(udp) = tokio::net::UdpSocket::bind(addr).await else {
                 continue;
             };
             let mut server = ServerFuture::new(Handler(shared.clone()));
             server.register_socket(udp);
             server.register_listener(tcp, TCP_IDLE);
-            return TestDns {
+            return Ok(TestDns {
                 addr,
                 shared,
                 _server: server,
-            };
+            });
         }
-        panic!("TestDns: found no port free for both UDP and TCP in 20 tries")
+        anyhow::bail!("TestDns: found no port of {ip} free for both UDP and TCP in 20 tries")
     }
 
     /// The nameserver's address (UDP and TCP): what `--dns-server` takes.
@@ -145,12 +158,17 @@ impl TestDns {
 
     /// From now on `name` (see [`TestDns::fqdn`]) resolves to `addrs` with
     /// a TTL of `ttl_secs`; an empty list makes the name exist with no
-    /// address. Panics on a non-loopback address.
+    /// address. Panics on an address outside loopback and the test network.
     pub fn set_a(&self, name: &str, addrs: Vec<Ipv4Addr>, ttl_secs: u32) {
+        let same_24 = |a: &Ipv4Addr| {
+            self.shared
+                .network
+                .is_some_and(|n| n.octets()[..3] == a.octets()[..3])
+        };
         for addr in &addrs {
             assert!(
-                addr.is_loopback(),
-                "TestDns only hands out loopback addresses, not {addr}"
+                addr.is_loopback() || same_24(addr),
+                "TestDns only hands out loopback addresses (or its test network's), not {addr}"
             );
         }
         let name = Self::name(name);
