@@ -173,8 +173,12 @@ impl Origins {
             .iter()
             .filter_map(|e| Some((e.addr.rtmp, e.addr.api?, e.health(now) == Health::Failed)))
             .partition(|(_, _, failed)| !failed);
-        let ask = |(rtmp, api, _): (SocketAddr, SocketAddr, bool)| async move {
-            let body = tokio::time::timeout(LOOKUP_TIMEOUT, api_get(api, "/api/v1/streams"))
+        // A failed origin may be one that was only too slow (a long round
+        // trip, a throttled link): it still holds the stream, and is asked
+        // only when no healthy origin does, so it gets the longer bound.
+        let ask = |(rtmp, api, failed): (SocketAddr, SocketAddr, bool)| async move {
+            let bound = if failed { API_TIMEOUT } else { LOOKUP_TIMEOUT };
+            let body = tokio::time::timeout(bound, api_get(api, "/api/v1/streams"))
                 .await
                 .ok()?
                 .ok()?
