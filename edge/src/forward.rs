@@ -133,7 +133,8 @@ impl Forward {
         origin: OriginAddr,
     ) -> anyhow::Result<Upstream> {
         let stall = core.settings.upstream_stall_timeout;
-        let mut upstream = Upstream::open(origin, key, stall, SETUP_TIMEOUT).await?;
+        let mut upstream =
+            Upstream::open(&core.origin_tls, origin, key, stall, SETUP_TIMEOUT).await?;
         let name = format!("{}?{TIMELINE_PARAM}={timeline}", key.stream);
         upstream.publish(&name, SETUP_TIMEOUT).await?;
         Ok(upstream)
