@@ -157,3 +157,37 @@ pub async fn presented_leaf(addr: SocketAddr, name: &str, ca: &Path) -> anyhow::
         .context("no peer certificate")?;
     Ok(leaf.as_ref().to_vec())
 }
+
+/// An origin with an RTMPS listener (certificate for 127.0.0.1 and
+/// localhost from `pki`) besides its plain ones, started with `extra`;
+/// returns it with its RTMPS address.
+pub async fn start_tls_origin(pki: &TestPki, extra: &[&str]) -> (crate::Node, SocketAddr) {
+    let rtmps = free_addr();
+    let stem = format!("origin-{}", rtmps.port());
+    let cert = pki.issue(&stem, &["127.0.0.1", "localhost"]);
+    let node = crate::Node::builder()
+        .args(["--rtmps".to_string(), rtmps.to_string()])
+        .args(cert.server_args())
+        .args(extra.iter().copied())
+        .start()
+        .await;
+    (node, rtmps)
+}
+
+/// An edge reaching each of `origins` (with its RTMPS address) over
+/// RTMPS, verified against `pki`'s CA: `--origin RTMPS,api=API,tls`
+/// for each, `--origin-ca CA`.
+pub fn edge_tls_origins(
+    edge: crate::NodeBuilder,
+    origins: &[(&crate::Node, SocketAddr)],
+    pki: &TestPki,
+) -> crate::NodeBuilder {
+    origins
+        .iter()
+        .fold(edge, |edge, (origin, rtmps)| {
+            edge.arg("--origin")
+                .arg(format!("{rtmps},api={},tls", origin.api_addr()))
+        })
+        .arg("--origin-ca")
+        .arg(&pki.ca)
+}
