@@ -83,7 +83,7 @@ async fn planned_case(origins: &[Node], edge_a: &Node, edge_b: &Node) {
     feed.attach("edge-a", &edge_a.rtmp_url(APP, STREAM))
         .await
         .expect("publishing to edge A");
-    let first = eventually(Duration::from_secs(10), || holder(&origins))
+    let first = eventually(Duration::from_secs(10), || holder(origins))
         .await
         .expect("an origin publishes the stream");
     let watchers = vec![
@@ -138,7 +138,7 @@ async fn planned_case(origins: &[Node], edge_a: &Node, edge_b: &Node) {
     if let Some(at) = drained {
         println!("drained generation exited {:?} after SIGQUIT", at - drain);
     }
-    let now_on = eventually(Duration::from_secs(10), || holder(&origins)).await;
+    let now_on = eventually(Duration::from_secs(10), || holder(origins)).await;
     findings.check(now_on == Some(1 - first), || {
         format!("after the drain the stream is on {now_on:?}, not the other origin")
     });
@@ -188,6 +188,6 @@ async fn planned_case(origins: &[Node], edge_a: &Node, edge_b: &Node) {
             origins[first].log_tail(60)
         );
     }
-    findings.assert_none(&edge_b);
+    findings.assert_none(edge_b);
     feed.stop().await;
 }
