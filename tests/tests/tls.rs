@@ -383,3 +383,73 @@ async fn certificate_reloads_under_a_playing_tls_player() {
     findings.assert_none(&origin);
     feed.stop().await;
 }
+
+/// SIGQUIT with a TLS player: `/readyz` turns 503, new TLS connections
+/// are still taken during `grace_start_wait` and refused after it, the
+/// TLS player keeps playing and the process waits for it, then exits
+/// once it and the publisher left, as for plain clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigquit_drains_tls_players_like_plain_ones() {
+    let pki = TestPki::new("baton test CA");
+    let cert = pki.issue("origin", &NAMES);
+    let (rtmps, https) = (free_addr(), free_addr());
+    let mut args = tls_origin_args(rtmps, https, &cert);
+    args.extend(
+        ["--grace-start-wait", "1s", "--grace-final-wait", "300ms"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    let mut origin = Node::builder().args(args).start().await;
+    let feed = Feed::standard();
+    feed.attach("origin", &origin.rtmp_url(APP, "drain"))
+        .await
+        .expect("publishing");
+    let url = format!("https://{https}/live/drain.flv");
+    let player = FlvPlayer::connect_tls(&url, "localhost", &pki.ca)
+        .await
+        .expect("HTTPS-FLV player");
+    let watcher = Watcher::flv("https player", player);
+    watcher
+        .wait_frames(30, Duration::from_secs(10))
+        .await
+        .expect("the TLS player gets frames");
+
+    let quit = Instant::now();
+    origin.signal(Signal::SIGQUIT);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        origin.api_get("/readyz").await.status,
+        503,
+        "/readyz while draining"
+    );
+    assert!(
+        presented_leaf(https, "localhost", &pki.ca).await.is_ok(),
+        "a TLS connection was refused during grace_start_wait"
+    );
+    let closed = eventually(Duration::from_secs(3), || async {
+        presented_leaf(https, "localhost", &pki.ca)
+            .await
+            .is_err()
+            .then(|| quit.elapsed())
+    })
+    .await;
+    println!("TLS listener closed {closed:?} after SIGQUIT");
+    assert!(
+        closed.is_some_and(|t| t >= Duration::from_millis(900)),
+        "the TLS listener did not close after grace_start_wait: {closed:?}"
+    );
+    let more = watcher.wait_frames(60, Duration::from_secs(5)).await;
+    assert!(more.is_ok(), "the TLS player stopped during the drain");
+    assert!(!watcher.is_ended(), "the drain cut the TLS player");
+    assert!(
+        origin.is_running(),
+        "the origin exited with a TLS player on it"
+    );
+
+    let left = Instant::now();
+    drop(watcher);
+    feed.stop().await;
+    let (status, _) = origin.expect_exit(Duration::from_secs(5)).await;
+    println!("exited {:?} after the last client left", left.elapsed());
+    assert!(status.success(), "drain exit status {status}");
+}
