@@ -39,7 +39,7 @@ use streams::{EdgeCore, EdgeDirectory};
     version,
     about = "Baton edge: clients connect here; streams are pulled from and forwarded to origins, \
              and an origin can die, drain or upgrade without a client noticing",
-    after_help = "Signals: SIGTERM/SIGINT fast exit; SIGQUIT graceful exit; SIGUSR2 smooth upgrade.\n\
+    after_help = "Signals: SIGTERM/SIGINT fast exit; SIGQUIT graceful exit; SIGUSR2 smooth upgrade; SIGHUP reloads the TLS certificate.\n\
                   Shared settings are top-level keys of the TOML file (--config); edge settings \
                   go in its [edge] table."
 )]

@@ -67,9 +67,11 @@ impl FromStr for OriginAddr {
                 None if part.trim() == "tls" => {
                     tls = tls.or(Some(TlsName(host.map(intern))));
                 }
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "unknown origin option {part:?} (expected api=HOST:PORT, tls or tls-name=NAME)"
-                )),
+                ))
+                }
             }
         }
         Ok(OriginAddr { rtmp, api, tls })
@@ -184,11 +186,12 @@ impl From<OriginDns> for String {
 #[serde(deny_unknown_fields, default)]
 pub struct EdgeArgs {
     /// An origin: its RTMP HOST:PORT, optionally with its API
-    /// (HOST:PORT,api=HOST:PORT). Repeat for each origin.
+    /// (HOST:PORT,api=HOST:PORT), and `,tls` for RTMPS (`,tls-name=NAME`: the
+    /// name its certificate must carry). Repeat for each origin.
     #[arg(long = "origin", env = "BATON_ORIGINS", value_delimiter = ' ')]
     #[serde(rename = "origins", skip_serializing_if = "Vec::is_empty")]
     pub origins: Vec<OriginAddr>,
-    /// Origins from DNS: NAME:PORT[,api-port=N]; every A/AAAA record is one,
+    /// Origins from DNS: NAME:PORT[,api-port=N][,tls]; every A/AAAA record is one,
     /// re-resolved at the TTL and after failures (a Kubernetes headless Service).
     #[arg(long, env = "BATON_ORIGIN_DNS")]
     pub origin_dns: Option<OriginDns>,

@@ -278,8 +278,9 @@ async fn start(
         older,
     ));
     let handover_copies = start_servers(&ctx, listeners, tls.as_ref())?;
-    if let Some(tls) = &tls {
-        tls.spawn_watcher(settings.tls.watch_interval, ctx.shutdown.close_all.clone());
+    match &tls {
+        Some(tls) => tls.spawn_watcher(settings.tls.watch_interval, ctx.shutdown.close_all.clone()),
+        None => super::tls::ignore_hangup(ctx.shutdown.close_all.clone()),
     }
     let reaper = hub.spawn_reaper();
 

@@ -262,6 +262,23 @@ impl ServerTls {
     }
 }
 
+/// Without TLS, SIGHUP (which would otherwise end the process) is logged
+/// and ignored, so a reload signal sent to every node is harmless.
+pub fn ignore_hangup(stop: CancellationToken) {
+    let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = hangup.recv() => tracing::info!("SIGHUP: nothing to reload (no TLS listener)"),
+            }
+        }
+    });
+}
+
 /// Accept TLS connections on `listener`: the TCP accept loop and its
 /// limits as for plain listeners, then the handshake (bounded by
 /// `handshake_timeout`, ended by a fast exit), then `handle` with the
