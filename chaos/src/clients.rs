@@ -256,6 +256,22 @@ pub struct PlayLog {
     pub connects: u32,
     /// What a real decoder (ffmpeg) complained about.
     pub decoder_errors: Vec<String>,
+    /// The longest gap between two arrivals so far, kept as frames arrive
+    /// so a progress line never scans the whole log.
+    pub worst_gap: Duration,
+}
+
+impl PlayLog {
+    /// Note a frame that arrived `arrival.at` (taken before the log was
+    /// locked, so waiting for the lock never looks like a stall).
+    pub fn push(&mut self, arrival: Arrival) {
+        if let Some(last) = self.frames.last() {
+            self.worst_gap = self
+                .worst_gap
+                .max(arrival.at.saturating_duration_since(last.at));
+        }
+        self.frames.push(arrival);
+    }
 }
 
 pub struct Player {
@@ -299,8 +315,9 @@ impl Drop for Player {
 }
 
 fn record(log: &Mutex<PlayLog>, frame: &MediaFrame, conn: u32) {
-    lock(log).frames.push(Arrival {
-        at: Instant::now(),
+    let at = Instant::now();
+    lock(log).push(Arrival {
+        at,
         index: frame_index(frame),
         kind: frame.kind,
         timestamp: frame.timestamp,
@@ -407,8 +424,9 @@ async fn ffmpeg_play(url: &str, conn: u32, log: &Arc<Mutex<PlayLog>>) -> Result<
         else {
             continue;
         };
-        lock(log).frames.push(Arrival {
-            at: Instant::now(),
+        let at = Instant::now();
+        lock(log).push(Arrival {
+            at,
             index: None,
             kind: MediaKind::Video,
             timestamp: u32::try_from(dts.max(0)).unwrap_or(u32::MAX),

@@ -102,26 +102,24 @@ pub async fn run(
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(10)).await;
-                let mut line = format!(
-                    "soak {:>5.0}s/{:.0}s",
-                    t0.elapsed().as_secs_f64(),
-                    total.as_secs_f64()
-                );
+                // One short line, O(players): each log keeps its worst gap.
+                let (mut frames, mut disconnects, mut worst) = (0usize, 0usize, (Duration::ZERO, ""));
                 for (name, log) in &logs {
                     let l = lock(log);
-                    let stall = l
-                        .frames
-                        .windows(2)
-                        .map(|w| w[1].at.saturating_duration_since(w[0].at))
-                        .max()
-                        .unwrap_or_default();
-                    line += &format!(
-                        " | {name}: {} frames, {} disc, worst stall {}ms",
-                        l.frames.len(),
-                        l.ends.len(),
-                        stall.as_millis()
-                    );
+                    frames += l.frames.len();
+                    disconnects += l.ends.len();
+                    if l.worst_gap > worst.0 {
+                        worst = (l.worst_gap, name.as_str());
+                    }
                 }
+                let line = format!(
+                    "soak {:>5.0}s/{:.0}s | {} players, {frames} frames, {disconnects} disconnects, worst stall {}ms ({})",
+                    t0.elapsed().as_secs_f64(),
+                    total.as_secs_f64(),
+                    logs.len(),
+                    worst.0.as_millis(),
+                    worst.1,
+                );
                 eprintln!("{line}");
             }
         })

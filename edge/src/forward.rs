@@ -20,16 +20,18 @@ use std::time::Duration;
 use baton_common::hub::{HubItem, StreamKey, Subscriber};
 use baton_common::rtmp::client_session::ClientEvent;
 use baton_common::rtmp::session::RECONNECT_REQUEST;
+use baton_common::serve::auth::{upstream_query, Action};
 use baton_common::serve::TIMELINE_PARAM;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::locate::Purpose;
 use crate::retry::OriginPicker;
 use crate::settings::OriginAddr;
 use crate::status::StatusCell;
 use crate::streams::EdgeCore;
-use crate::upstream::{fail_on_error, Upstream};
+use crate::upstream::{fail_on_error, is_unauthorized, Upstream};
 
 const SETUP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a pending planned move is looked at when nothing else wakes
@@ -46,10 +48,21 @@ enum SessionEnd {
     /// The local publish ended (after its last frame went upstream).
     PublishEnded,
     Failed(String),
+    /// The origin refused the publisher's credentials.
+    Unauthorized(String),
 }
 
-pub async fn run(core: Arc<EdgeCore>, key: StreamKey, timeline: String, status: StatusCell) {
+pub async fn run(
+    core: Arc<EdgeCore>,
+    key: StreamKey,
+    timeline: String,
+    status: StatusCell,
+    client_query: Option<String>,
+    disconnect: CancellationToken,
+) {
     let mut forward = Forward {
+        client_query,
+        disconnect,
         subscriber: relay_subscriber(&core, &key, None),
         core,
         key,
@@ -69,6 +82,11 @@ struct Forward {
     subscriber: Subscriber,
     /// (when, timestamp) of frames sent upstream within `publish_buffer`.
     sent: VecDeque<(Instant, u32)>,
+    /// The publisher's query, passed on to the origins (their
+    /// authorization).
+    client_query: Option<String>,
+    /// Ends the publisher's connection (an origin refused its credentials).
+    disconnect: CancellationToken,
 }
 
 impl Forward {
@@ -90,6 +108,15 @@ impl Forward {
             };
             match self.session(&mut origin, &mut picker).await {
                 SessionEnd::PublishEnded => return "the publisher left",
+                SessionEnd::Unauthorized(error) => {
+                    // Not the origin's failure: every origin shares the
+                    // settings. The publisher goes, as if refused here.
+                    tracing::error!(stream = %self.key, origin = %origin.rtmp, error, "the origin refused the forwarded publish: not authorized (do the edge's and the origins' auth settings differ?); disconnecting the publisher");
+                    metrics::counter!("baton_edge_upstream_unauthorized_total", "direction" => "forward").increment(1);
+                    self.status.lost(&error);
+                    self.disconnect.cancel();
+                    return "the origin refused the publish: not authorized";
+                }
                 SessionEnd::Failed(error) => {
                     tracing::warn!(stream = %self.key, origin = %origin.rtmp, error, "forward failed; moving to the next origin");
                     self.core.origins.report_failure(origin.rtmp, &error);
@@ -130,20 +157,35 @@ impl Forward {
         core: &EdgeCore,
         key: &StreamKey,
         timeline: &str,
+        client_query: Option<&str>,
         origin: OriginAddr,
     ) -> anyhow::Result<Upstream> {
         let stall = core.settings.upstream_stall_timeout;
         let mut upstream =
             Upstream::open(&core.origin_tls, origin, key, stall, SETUP_TIMEOUT).await?;
-        let name = format!("{}?{TIMELINE_PARAM}={timeline}", key.stream);
+        let client = upstream_query(&core.auth, Action::Publish, key, client_query)
+            .map(|q| format!("{q}&"))
+            .unwrap_or_default();
+        let name = format!("{}?{client}{TIMELINE_PARAM}={timeline}", key.stream);
         upstream.publish(&name, SETUP_TIMEOUT).await?;
         Ok(upstream)
     }
 
     async fn session(&mut self, current: &mut OriginAddr, picker: &mut OriginPicker) -> SessionEnd {
         let mut origin = *current;
-        let mut upstream = match Self::open(&self.core, &self.key, &self.timeline, origin).await {
+        let opened = Self::open(
+            &self.core,
+            &self.key,
+            &self.timeline,
+            self.client_query.as_deref(),
+            origin,
+        )
+        .await;
+        let mut upstream = match opened {
             Ok(upstream) => upstream,
+            Err(error) if is_unauthorized(&error) => {
+                return SessionEnd::Unauthorized(format!("{error:#}"))
+            }
             Err(error) => return SessionEnd::Failed(format!("{error:#}")),
         };
         tracing::info!(stream = %self.key, origin = %origin.rtmp, "forwarding the publish");
@@ -255,8 +297,9 @@ impl Forward {
             return rx;
         };
         let (core, key, timeline) = (self.core.clone(), self.key.clone(), self.timeline.clone());
+        let client_query = self.client_query.clone();
         tokio::spawn(async move {
-            let result = Self::open(&core, &key, &timeline, target)
+            let result = Self::open(&core, &key, &timeline, client_query.as_deref(), target)
                 .await
                 .map(|upstream| (target, upstream))
                 .map_err(|e| format!("{e:#}"));

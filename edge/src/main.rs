@@ -104,6 +104,7 @@ fn service(settings: Settings, edge: EdgeSettings, origin_tls: origin_tls::Origi
                 settings: edge,
                 shutdown: shutdown.clone(),
                 play_wait_timeout: settings.play_wait_timeout,
+                auth: settings.auth.clone(),
             });
             EdgeDirectory::new(core)
         }),

@@ -159,18 +159,21 @@ impl Origins {
     }
 
     /// The origins that publish `key` right now, by asking their APIs.
-    /// Not asked: origins without an API address, and those that just
-    /// failed (a frozen origin's API accepts and never answers: asking it
-    /// would cost a failover the whole lookup timeout).
+    ///
+    /// Every origin with an API is asked at once, each bounded by
+    /// [`LOOKUP_TIMEOUT`]. Origins that just failed are asked too (a killed
+    /// origin is often back within a second, and a publisher may already
+    /// have moved to it), but their answers are only waited for when no
+    /// healthy origin holds the stream: a frozen origin's API accepts and
+    /// never answers, and must not cost a failover the whole timeout.
     pub async fn holders(&self, key: &StreamKey) -> Vec<SocketAddr> {
         let now = Instant::now();
-        let apis: Vec<(SocketAddr, SocketAddr)> = self
+        let (healthy, failed): (Vec<_>, Vec<_>) = self
             .entries()
             .iter()
-            .filter(|e| e.health(now) != Health::Failed)
-            .filter_map(|e| Some((e.addr.rtmp, e.addr.api?)))
-            .collect();
-        let lookups = apis.into_iter().map(|(rtmp, api)| async move {
+            .filter_map(|e| Some((e.addr.rtmp, e.addr.api?, e.health(now) == Health::Failed)))
+            .partition(|(_, _, failed)| !failed);
+        let ask = |(rtmp, api, _): (SocketAddr, SocketAddr, bool)| async move {
             let body = tokio::time::timeout(LOOKUP_TIMEOUT, api_get(api, "/api/v1/streams"))
                 .await
                 .ok()?
@@ -183,12 +186,27 @@ impl Origins {
                     && s["publish"]["active"] == true
             });
             publishes.then_some(rtmp)
-        });
-        futures_util::future::join_all(lookups)
-            .await
-            .into_iter()
-            .flatten()
-            .collect()
+        };
+        let mut healthy_answers =
+            std::pin::pin!(futures_util::future::join_all(healthy.into_iter().map(ask)));
+        let mut failed_answers =
+            std::pin::pin!(futures_util::future::join_all(failed.into_iter().map(ask)));
+        let mut failed_done = None;
+        let healthy_done = loop {
+            tokio::select! {
+                answers = &mut healthy_answers => break answers,
+                answers = &mut failed_answers, if failed_done.is_none() => failed_done = Some(answers),
+            }
+        };
+        let holders: Vec<SocketAddr> = healthy_done.into_iter().flatten().collect();
+        if !holders.is_empty() {
+            return holders;
+        }
+        let failed_done = match failed_done {
+            Some(answers) => answers,
+            None => failed_answers.await,
+        };
+        failed_done.into_iter().flatten().collect()
     }
 
     /// Probe every origin's `/readyz` until the edge exits.

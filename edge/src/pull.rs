@@ -17,6 +17,7 @@ use std::time::Duration;
 use baton_common::hub::{PublishError, Publisher, PublisherInfo, StreamKey};
 use baton_common::rtmp::client_session::ClientEvent;
 use baton_common::rtmp::session::RECONNECT_REQUEST;
+use baton_common::serve::auth::{upstream_query, Action};
 use baton_common::serve::{RELAY_PARAM, RESUME_PARAM};
 use baton_common::splice::{Splicer, Verdict};
 use tokio::sync::oneshot;
@@ -79,11 +80,17 @@ enum SessionEnd {
     NotThere,
 }
 
-pub async fn run(core: Arc<EdgeCore>, key: StreamKey, handle: PullHandle) {
+pub async fn run(
+    core: Arc<EdgeCore>,
+    key: StreamKey,
+    handle: PullHandle,
+    client_query: Option<String>,
+) {
     let mut pull = Pull {
         core,
         key,
         handle,
+        client_query,
         splicer: Splicer::new(),
         idle_since: None,
         outage_since: Some(Instant::now()),
@@ -110,6 +117,9 @@ struct Pull {
     outage_since: Option<Instant>,
     /// Timeline id of the edge's own (spliced) publish.
     local_timeline: String,
+    /// The query of the player that started the pull, passed on to the
+    /// origins (their authorization).
+    client_query: Option<String>,
 }
 
 impl Pull {
@@ -225,10 +235,22 @@ impl Pull {
         Ok(upstream)
     }
 
+    /// `stream?{client's query}&baton_relay=1[&baton_resume=TS]`.
     fn play_name(&self) -> String {
+        let client = upstream_query(
+            &self.core.auth,
+            Action::Play,
+            &self.key,
+            self.client_query.as_deref(),
+        )
+        .map(|q| format!("{q}&"))
+        .unwrap_or_default();
         match self.splicer.resume_point() {
-            Some(ts) => format!("{}?{RELAY_PARAM}=1&{RESUME_PARAM}={ts}", self.key.stream),
-            None => format!("{}?{RELAY_PARAM}=1", self.key.stream),
+            Some(ts) => format!(
+                "{}?{client}{RELAY_PARAM}=1&{RESUME_PARAM}={ts}",
+                self.key.stream
+            ),
+            None => format!("{}?{client}{RELAY_PARAM}=1", self.key.stream),
         }
     }
 
@@ -313,6 +335,11 @@ impl Pull {
                             self.core.origins.set_draining(origin.rtmp, true);
                         }
                         next = Some(self.prepare_move(origin, here).await);
+                    }
+                    _ if level == "error" && code.ends_with(".Unauthorized") => {
+                        tracing::warn!(stream = %self.key, origin = %origin.rtmp, code, description, "the origin refused the play: not authorized; ending the pull");
+                        metrics::counter!("baton_edge_upstream_unauthorized_total", "direction" => "pull").increment(1);
+                        return SessionEnd::Done("the origin refused the play: not authorized");
                     }
                     _ if level == "error" => {
                         tracing::debug!(stream = %self.key, origin = %origin.rtmp, code, description, "origin has no such stream");

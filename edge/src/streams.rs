@@ -15,8 +15,10 @@ use std::time::Duration;
 
 use baton_common::hub::{Hub, PublishError, Publisher, PublisherInfo, StreamKey, Subscriber};
 use baton_common::lifecycle::Shutdown;
+use baton_common::serve::auth::AuthSettings;
 use baton_common::serve::StreamDirectory;
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 
 use crate::origin_tls::OriginTls;
 use crate::origins::Origins;
@@ -35,6 +37,10 @@ pub struct EdgeCore {
     /// How long a pull may look for a stream no origin has yet (the
     /// players' own `play_wait_timeout`).
     pub play_wait_timeout: Duration,
+    /// The node's authorization settings: with a token secret, an edge
+    /// re-signs a client's genuine token that expired before it re-opens
+    /// an upstream (failover hours into a publish).
+    pub auth: AuthSettings,
 }
 
 pub struct EdgeDirectory {
@@ -61,7 +67,10 @@ impl EdgeDirectory {
     }
 
     /// Start a pull for `key` unless one runs or a local publisher owns it.
-    fn ensure_pull(&self, key: &StreamKey) {
+    /// The pull uses `client_query`, the query of the player that started
+    /// it (each player is authorized by the edge itself; the origin sees
+    /// the first one's credentials).
+    fn ensure_pull(&self, key: &StreamKey, client_query: Option<&str>) {
         let locally_published = self.forwards().contains_key(key)
             && self.core.hub.source(key).is_some_and(|s| s.is_publishing());
         if locally_published {
@@ -77,9 +86,10 @@ impl EdgeDirectory {
         drop(pulls);
         tracing::info!(stream = %key, "pull started");
         let (core, key) = (self.core.clone(), key.clone());
+        let client_query = client_query.map(str::to_owned);
         let stop = handle.stop.clone();
         tokio::spawn(async move {
-            pull::run(core, key, handle).await;
+            pull::run(core, key, handle, client_query).await;
             // Marks this pull over; a later player starts a new one.
             stop.cancel();
         });
@@ -88,6 +98,16 @@ impl EdgeDirectory {
 
 impl StreamDirectory for EdgeDirectory {
     fn publish(&self, key: StreamKey, publisher: PublisherInfo) -> Result<Publisher, PublishError> {
+        self.publish_with_query(key, publisher, None, CancellationToken::new())
+    }
+
+    fn publish_with_query(
+        &self,
+        key: StreamKey,
+        publisher: PublisherInfo,
+        client_query: Option<&str>,
+        disconnect: CancellationToken,
+    ) -> Result<Publisher, PublishError> {
         if let Some(pull) = self.pulls().get(&key) {
             if pull.is_delivering() {
                 // Published elsewhere already; the origin would refuse it.
@@ -107,13 +127,24 @@ impl StreamDirectory for EdgeDirectory {
             key,
             timeline,
             status,
+            client_query.map(str::to_owned),
+            disconnect,
         ));
         Ok(claimed)
     }
 
     fn subscribe(&self, key: &StreamKey, resume_after: Option<u32>) -> Subscriber {
+        self.subscribe_with_query(key, resume_after, None)
+    }
+
+    fn subscribe_with_query(
+        &self,
+        key: &StreamKey,
+        resume_after: Option<u32>,
+        client_query: Option<&str>,
+    ) -> Subscriber {
         let subscriber = self.core.hub.subscribe_resuming(key, resume_after);
-        self.ensure_pull(key);
+        self.ensure_pull(key, client_query);
         subscriber
     }
 

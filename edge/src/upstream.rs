@@ -279,7 +279,34 @@ impl Upstream {
     }
 }
 
-/// An error status from the origin as an error.
+/// The origin refused the client's credentials (the query the edge passed
+/// on): not a failure of the origin, and another origin with the same
+/// settings would refuse too.
+#[derive(Debug)]
+pub struct Unauthorized {
+    pub code: String,
+    pub description: String,
+}
+
+impl std::fmt::Display for Unauthorized {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "origin refused authorization: {} ({})",
+            self.code, self.description
+        )
+    }
+}
+
+impl std::error::Error for Unauthorized {}
+
+/// Whether `error` (from opening an upstream) is an [`Unauthorized`].
+pub fn is_unauthorized(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<Unauthorized>().is_some()
+}
+
+/// An error status from the origin as an error ([`Unauthorized`] for a
+/// refused publish or play).
 pub fn fail_on_error(event: &ClientEvent) -> anyhow::Result<()> {
     match event {
         ClientEvent::Status {
@@ -287,7 +314,16 @@ pub fn fail_on_error(event: &ClientEvent) -> anyhow::Result<()> {
             code,
             description,
             ..
-        } if level == "error" => bail!("origin refused: {code} ({description})"),
+        } if level == "error" => {
+            if code.ends_with(".Unauthorized") {
+                return Err(Unauthorized {
+                    code: code.clone(),
+                    description: description.clone(),
+                }
+                .into());
+            }
+            bail!("origin refused: {code} ({description})")
+        }
         _ => Ok(()),
     }
 }

@@ -26,6 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use super::accept::{accept_loop, ListenerKind};
+use super::auth::{Action, AuthRequest, Authorized};
 use super::playback::{Playback, Step};
 use super::stall::{StallClock, StallIo};
 use super::tag_batch::TagBatch;
@@ -250,7 +251,36 @@ async fn route(
             text(StatusCode::NOT_FOUND, "stream not found\n")
         };
     }
-    play(key, ctx, guard).await
+    let query = req.uri().query().map(str::to_owned);
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let tc_url = format!("http://{host}/{}", key.app);
+    let request = AuthRequest {
+        action: Action::Play,
+        key: &key,
+        query: query.as_deref(),
+        client_id: guard.id(),
+        peer: guard.entry().peer,
+        tc_url,
+    };
+    let authorized = match ctx.auth.authorize(request).await {
+        Ok(authorized) => authorized,
+        Err(refusal) => {
+            let status = refusal.http_status();
+            return if status == StatusCode::UNAUTHORIZED {
+                text(
+                    status,
+                    "a signed URL is required (?token=...&expires=...)\n",
+                )
+            } else {
+                text(status, "not authorized\n")
+            };
+        }
+    };
+    play(key, query, authorized, ctx, guard).await
 }
 
 fn flv_response(body: Body) -> Response<Body> {
@@ -265,12 +295,20 @@ fn flv_response(body: Body) -> Response<Body> {
     response
 }
 
-async fn play(key: StreamKey, ctx: Arc<ServerContext>, guard: Arc<ClientGuard>) -> Response<Body> {
+async fn play(
+    key: StreamKey,
+    query: Option<String>,
+    authorized: Authorized,
+    ctx: Arc<ServerContext>,
+    guard: Arc<ClientGuard>,
+) -> Response<Body> {
     let span = tracing::Span::current();
     span.record("stream", tracing::field::display(&key));
     span.record("role", "player");
     guard.set_role(ClientRole::Player, Some(key.clone()));
-    let subscriber = ctx.streams.subscribe(&key, None);
+    let subscriber = ctx
+        .streams
+        .subscribe_with_query(&key, None, query.as_deref());
     let mut playback = Playback::new(&ctx, subscriber, guard.entry().kick.clone());
     // Hold the response until there is a publisher (bounded), so a missing
     // stream is a 404 rather than an empty 200.
@@ -293,6 +331,8 @@ async fn play(key: StreamKey, ctx: Arc<ServerContext>, guard: Arc<ClientGuard>) 
     }
     let initial = stream::iter([Ok(Frame::data(first_batch))]);
     let live = stream::unfold(Some(playback), move |state| {
+        // Held as long as the body: dropped, it sends `on_stop`.
+        let _authorized = &authorized;
         let source = source.clone();
         async move {
             let mut playback = state?;

@@ -14,6 +14,7 @@
 
 pub mod accept;
 pub mod api;
+pub mod auth;
 pub mod generations;
 pub mod http_flv;
 pub mod metrics;
@@ -31,6 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::clients::ClientRegistry;
 use crate::handover::Role;
@@ -54,6 +56,35 @@ pub trait StreamDirectory: Send + Sync + 'static {
     /// the player already has the stream up to this timestamp (an edge
     /// re-attaching after a failover asks with `?baton_resume=TS`).
     fn subscribe(&self, key: &StreamKey, resume_after: Option<u32>) -> Subscriber;
+
+    /// [`StreamDirectory::publish`] for a client whose URL carried
+    /// `client_query` (already authorized here): an edge passes it on to
+    /// the origin, which authorizes the publish again with its settings,
+    /// and cancels `disconnect` (ending the client's connection) if the
+    /// origin refuses it.
+    fn publish_with_query(
+        &self,
+        key: StreamKey,
+        publisher: PublisherInfo,
+        client_query: Option<&str>,
+        disconnect: CancellationToken,
+    ) -> Result<Publisher, PublishError> {
+        let _ = (client_query, disconnect);
+        self.publish(key, publisher)
+    }
+
+    /// [`StreamDirectory::subscribe`] for a player whose URL carried
+    /// `client_query`: an edge's pull started by this player passes it on
+    /// to the origin.
+    fn subscribe_with_query(
+        &self,
+        key: &StreamKey,
+        resume_after: Option<u32>,
+        client_query: Option<&str>,
+    ) -> Subscriber {
+        let _ = client_query;
+        self.subscribe(key, resume_after)
+    }
 
     /// Whether a player's play ends when its stream is unpublished. The
     /// origin keeps players waiting for the next publisher (bounded by
@@ -119,6 +150,8 @@ pub struct ServerContext {
     pub clients: ClientRegistry,
     pub shutdown: Shutdown,
     pub metrics: PrometheusHandle,
+    /// Who may publish and play (signed URLs, callbacks).
+    pub auth: auth::Authorizer,
     /// 1 for a fresh start, predecessor + 1 after an upgrade.
     pub generation: u64,
     pub started: Instant,
@@ -137,8 +170,10 @@ impl ServerContext {
         generation: u64,
         older_generations: Vec<PathBuf>,
     ) -> Self {
+        let server_id = format!("baton-{role}-{}-g{generation}", std::process::id());
         ServerContext {
             role,
+            auth: auth::Authorizer::new(settings.auth.clone(), server_id),
             settings,
             hub,
             streams,

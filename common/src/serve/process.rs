@@ -657,6 +657,9 @@ pub enum NodeCommand {
         #[arg(long, default_value = "60s")]
         timeout: crate::config::HumanDuration,
     },
+    /// Print `token=...&expires=...` for a signed publish or play URL
+    /// (see auth_token_secret).
+    Sign(super::auth::SignArgs),
 }
 
 /// A node binary's `main` after argument parsing: run a subcommand, or
@@ -668,6 +671,9 @@ pub fn main(
     command: Option<NodeCommand>,
     resolve: impl FnOnce() -> anyhow::Result<(Settings, Service)>,
 ) -> ExitCode {
+    if let Some(NodeCommand::Sign(args)) = &command {
+        return super::auth::run_sign_command(args);
+    }
     if let Some(NodeCommand::Upgrade {
         pid_file,
         control_dir,

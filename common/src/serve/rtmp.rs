@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::accept::{accept_loop, ListenerKind};
+use super::auth::{Action, AuthRequest, Authorized, Refusal};
 use super::playback::{Playback, Step};
 use super::ServerContext;
 
@@ -108,6 +109,8 @@ enum Intent {
         key: StreamKey,
         /// `?baton_timeline=ID` from an edge forwarding its publisher.
         timeline: Option<String>,
+        /// The client's query string (authorization, passed on by an edge).
+        query: Option<String>,
     },
     Play {
         stream_id: u32,
@@ -115,6 +118,7 @@ enum Intent {
         resume_after: Option<u32>,
         /// An edge relaying the stream (`?baton_relay=1`).
         relay: bool,
+        query: Option<String>,
     },
 }
 
@@ -152,13 +156,21 @@ impl Connection {
                 stream_id,
                 key,
                 timeline,
-            } => self.publish(stream_id, key, timeline).await,
+                query,
+            } => {
+                self.publish(stream_id, key, timeline, query.as_deref())
+                    .await
+            }
             Intent::Play {
                 stream_id,
                 key,
                 resume_after,
                 relay,
-            } => self.play(stream_id, key, resume_after, relay).await,
+                query,
+            } => {
+                self.play(stream_id, key, resume_after, relay, query.as_deref())
+                    .await
+            }
         }
     }
 
@@ -224,6 +236,7 @@ impl Connection {
                             key,
                             timeline: super::query_param(query.as_deref(), super::TIMELINE_PARAM)
                                 .map(str::to_owned),
+                            query,
                         }));
                     }
                     ServerEvent::PlayRequested {
@@ -239,6 +252,7 @@ impl Connection {
                             resume_after: super::resume_after(query.as_deref()),
                             relay: super::query_param(query.as_deref(), super::RELAY_PARAM)
                                 .is_some(),
+                            query,
                         }));
                     }
                     other => tracing::debug!(?other, "ignored before publish/play"),
@@ -264,10 +278,17 @@ impl Connection {
         stream_id: u32,
         key: StreamKey,
         timeline: Option<String>,
+        query: Option<&str>,
     ) -> anyhow::Result<&'static str> {
         let span = tracing::Span::current();
         span.record("stream", tracing::field::display(&key));
         span.record("role", "publisher");
+        let Some(_authorized) = self
+            .authorize(Action::Publish, stream_id, &key, query)
+            .await?
+        else {
+            return Ok("publish refused: not authorized");
+        };
         // The publish's timeline: kept from an upstream edge, else new.
         let info_timeline = timeline
             .filter(|id| !id.is_empty() && id.len() <= 64)
@@ -277,7 +298,12 @@ impl Connection {
             peer: self.guard.entry().peer,
             timeline: info_timeline.clone(),
         };
-        let publisher = match self.ctx.streams.publish(key.clone(), info) {
+        let kick = self.guard.entry().kick.clone();
+        let claimed = self
+            .ctx
+            .streams
+            .publish_with_query(key.clone(), info, query, kick);
+        let publisher = match claimed {
             Ok(publisher) => publisher,
             Err(PublishError::AlreadyPublishing(_)) => {
                 self.session.reject_publish(
@@ -350,12 +376,19 @@ impl Connection {
         key: StreamKey,
         resume_after: Option<u32>,
         relay: bool,
+        query: Option<&str>,
     ) -> anyhow::Result<&'static str> {
         let span = tracing::Span::current();
         span.record("stream", tracing::field::display(&key));
         span.record("role", "player");
+        let Some(_authorized) = self.authorize(Action::Play, stream_id, &key, query).await? else {
+            return Ok("play refused: not authorized");
+        };
         self.guard.set_role(ClientRole::Player, Some(key.clone()));
-        let mut subscriber = self.ctx.streams.subscribe(&key, resume_after);
+        let mut subscriber = self
+            .ctx
+            .streams
+            .subscribe_with_query(&key, resume_after, query);
         if relay {
             subscriber.set_immediate();
         }
@@ -463,6 +496,37 @@ impl Connection {
                 return Ok(reason);
             }
         }
+    }
+
+    /// The node's gate (`serve::auth`); a refused client gets the error
+    /// status (`NetStream.{Publish,Play}.Unauthorized`) and `None`, and
+    /// the connection ends.
+    async fn authorize(
+        &mut self,
+        action: Action,
+        stream_id: u32,
+        key: &StreamKey,
+        query: Option<&str>,
+    ) -> anyhow::Result<Option<Authorized>> {
+        let request = AuthRequest {
+            action,
+            key,
+            query,
+            client_id: self.guard.id(),
+            peer: self.guard.entry().peer,
+            tc_url: self.session.tc_url().unwrap_or_default().to_string(),
+        };
+        let refusal = match self.ctx.auth.authorize(request).await {
+            Ok(authorized) => return Ok(Some(authorized)),
+            Err(refusal) => refusal,
+        };
+        let (code, description) = (Refusal::rtmp_code(action), refusal.description(action, key));
+        match action {
+            Action::Publish => self.session.reject_publish(stream_id, code, &description),
+            Action::Play => self.session.reject_play(stream_id, code, &description),
+        }
+        self.flush_session().await?;
+        Ok(None)
     }
 
     /// A drain began: a client that announced the reconnect capability

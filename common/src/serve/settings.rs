@@ -11,6 +11,7 @@ use std::time::Duration;
 use super::tls::TlsSettings;
 use crate::config::{load_toml, overlay, ConfigError, HumanDuration};
 use crate::hub::HubConfig;
+use crate::serve::auth::{self, AuthSettings};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
@@ -126,6 +127,33 @@ pub struct SettingsArgs {
     /// A player whose socket accepts no data for this long is disconnected. [default: 20s]
     #[arg(long, env = "BATON_PLAYER_WRITE_TIMEOUT")]
     pub player_write_timeout: Option<HumanDuration>,
+
+    /// Shared secret of signed URLs (?token=...&expires=..., see README
+    /// "Authorization"); at least 16 bytes. Prefer the environment variable
+    /// or the file to the flag (flags show in ps). [default: none]
+    #[arg(long, env = "BATON_AUTH_TOKEN_SECRET", hide_env_values = true)]
+    pub auth_token_secret: Option<auth::Secret>,
+    /// With a secret set: which requests need a signed token (publish, play, all). [default: publish]
+    #[arg(long, env = "BATON_AUTH_TOKEN_REQUIRED", value_enum)]
+    pub auth_token_required: Option<auth::TokenScope>,
+    /// SRS-style callback URL(s) asked before a publish (http://, comma-separated; all must answer 0). [default: none]
+    #[arg(long, env = "BATON_ON_PUBLISH", value_delimiter = ',')]
+    pub on_publish: Option<Vec<auth::hook_client::HookUrl>>,
+    /// Callback URL(s) told when a publish ends (answer ignored). [default: none]
+    #[arg(long, env = "BATON_ON_UNPUBLISH", value_delimiter = ',')]
+    pub on_unpublish: Option<Vec<auth::hook_client::HookUrl>>,
+    /// Callback URL(s) asked before a play, RTMP or HTTP-FLV (all must answer 0). [default: none]
+    #[arg(long, env = "BATON_ON_PLAY", value_delimiter = ',')]
+    pub on_play: Option<Vec<auth::hook_client::HookUrl>>,
+    /// Callback URL(s) told when a play ends (answer ignored). [default: none]
+    #[arg(long, env = "BATON_ON_STOP", value_delimiter = ',')]
+    pub on_stop: Option<Vec<auth::hook_client::HookUrl>>,
+    /// How long each callback may take to answer. [default: 3s]
+    #[arg(long, env = "BATON_HOOK_TIMEOUT")]
+    pub hook_timeout: Option<HumanDuration>,
+    /// A callback that fails (timeout, connection error, non-200): reject or allow the request. [default: reject]
+    #[arg(long, env = "BATON_HOOK_FAILURE", value_enum)]
+    pub hook_failure: Option<auth::HookFailure>,
 }
 
 /// What players see when their stream's publisher is replaced.
@@ -163,6 +191,8 @@ pub struct Settings {
     pub republish: Republish,
     pub player_js_url: String,
     pub hub: HubConfig,
+    /// Signed URLs and callbacks (see `serve::auth`).
+    pub auth: AuthSettings,
 }
 
 /// Where the viewer page loads mpegts.js from unless `player_js_url` says.
@@ -230,6 +260,16 @@ impl Settings {
                 write_coalesce: dur(a.write_coalesce, hub_defaults.write_coalesce),
                 ..hub_defaults
             },
+            auth: AuthSettings::resolve(
+                a.auth_token_secret,
+                a.auth_token_required,
+                a.on_publish,
+                a.on_unpublish,
+                a.on_play,
+                a.on_stop,
+                a.hook_timeout,
+                a.hook_failure,
+            )?,
         };
         settings.validate()?;
         Ok(settings)
