@@ -453,3 +453,41 @@ async fn sigquit_drains_tls_players_like_plain_ones() {
     println!("exited {:?} after the last client left", left.elapsed());
     assert!(status.success(), "drain exit status {status}");
 }
+
+/// A node whose certificate does not load does not start, and says why;
+/// so does one with a TLS listener and no certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_certificate_stops_the_start_with_the_reason() {
+    let pki = TestPki::new("baton test CA");
+    let cert = pki.issue("origin", &NAMES);
+    std::fs::write(
+        &cert.key,
+        "-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n",
+    )
+    .expect("breaking the key");
+    let mut broken = Node::builder()
+        .args(tls_origin_args(free_addr(), free_addr(), &cert))
+        .spawn();
+    let (status, _) = broken.expect_exit(Duration::from_secs(10)).await;
+    let log = broken.log();
+    assert!(!status.success(), "started with a broken key");
+    assert!(
+        log.contains("cannot read the private key") && log.contains("origin.key"),
+        "the reason is not given:\n{log}"
+    );
+
+    let mut keyless = Node::builder()
+        .args(["--rtmps", &free_addr().to_string()])
+        .spawn();
+    let (status, _) = keyless.expect_exit(Duration::from_secs(10)).await;
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "a TLS listener without a certificate"
+    );
+    assert!(
+        keyless.log().contains("--tls-cert and --tls-key"),
+        "the reason is not given:\n{}",
+        keyless.log()
+    );
+}

@@ -112,11 +112,20 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsEr
         path: key.to_owned(),
         reason: e.to_string(),
     })?;
-    CertifiedKey::from_der(chain, private, &provider()).map_err(|e| TlsError::Mismatch {
+    let signing = provider()
+        .key_provider
+        .load_private_key(private)
+        .map_err(|e| TlsError::Key {
+            path: key.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|e| TlsError::Mismatch {
         cert: cert.to_owned(),
         key: key.to_owned(),
         reason: e.to_string(),
-    })
+    })?;
+    Ok(certified)
 }
 
 /// The certificate new handshakes get, replaceable at run time.
