@@ -8,22 +8,29 @@
 //! CPU time the server spent during the run.
 //!
 //! HTTP-FLV players are raw TCP with the streaming parser in
-//! [`crate::flv_reader`] (a thousand players must fit on one core); RTMP
-//! players use Baton's own client, which decodes every message.
+//! [`crate::flv_reader`] (a thousand players must fit on one core), or TLS
+//! over it for `https://` (rustls, ring; `--ca FILE` is the trusted CA), to
+//! measure what TLS costs the server per player; RTMP players use Baton's
+//! own client, which decodes every message.
 //!
 //! Everything runs on one thread (tokio current-thread runtime with a
 //! `LocalSet`), so the bench is pinned to one core and shared counters are
 //! plain `Cell`s.
 
 use std::cell::Cell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout_at, Instant};
+use tokio_rustls::TlsConnector;
 
 use crate::flv_reader::HttpFlvReader;
 use crate::rtmp_client::RtmpPlayer;
@@ -38,13 +45,15 @@ const READ_BUF_LEN: usize = 32 * 1024;
 pub enum Target {
     /// `rtmp://host[:port]/app/stream`, handed to the RTMP client as is.
     Rtmp(String),
-    /// `http://host[:port]/path`.
+    /// `http://host[:port]/path` or `https://...`.
     HttpFlv {
         /// `host:port` to connect to.
         addr: String,
         /// Value of the `Host` header.
         host: String,
         path: String,
+        /// `https://`.
+        tls: bool,
     },
 }
 
@@ -53,8 +62,10 @@ impl Target {
         if url.starts_with("rtmp://") {
             return Ok(Target::Rtmp(url.to_string()));
         }
-        let Some(rest) = url.strip_prefix("http://") else {
-            bail!("unsupported URL {url:?}: expected rtmp://host:port/app/stream or http://host:port/app/stream.flv");
+        let (rest, tls) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(rest), _) => (rest, false),
+            (None, Some(rest)) => (rest, true),
+            (None, None) => bail!("unsupported URL {url:?}: expected rtmp://host:port/app/stream or http(s)://host:port/app/stream.flv"),
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -69,19 +80,21 @@ impl Target {
         {
             authority.to_string()
         } else {
-            format!("{authority}:80")
+            format!("{authority}:{}", if tls { 443 } else { 80 })
         };
         Ok(Target::HttpFlv {
             addr,
             host: authority.to_string(),
             path: path.to_string(),
+            tls,
         })
     }
 
     pub fn protocol(&self) -> &'static str {
         match self {
             Target::Rtmp(_) => "rtmp",
-            Target::HttpFlv { .. } => "http-flv",
+            Target::HttpFlv { tls: false, .. } => "http-flv",
+            Target::HttpFlv { tls: true, .. } => "https-flv",
         }
     }
 }
@@ -100,6 +113,8 @@ pub struct FanoutOptions {
     pub server_pids: Vec<u32>,
     pub json: Option<PathBuf>,
     pub quiet: bool,
+    /// PEM CA certificates trusted by `https://` players.
+    pub ca: Option<PathBuf>,
 }
 
 /// Live counters shared by all players, for progress lines and the
@@ -124,6 +139,45 @@ struct PlayerCtx {
     counters: Counters,
     /// Stop as soon as a keyframe arrived (for `probe`).
     stop_at_keyframe: bool,
+    /// For `https://`: the client and the name the certificate must carry.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+/// The TLS client of `https://` players: trusts only `ca`, checks the
+/// URL's host (name or IP) in the certificate.
+fn tls_client(
+    target: &Target,
+    ca: Option<&Path>,
+) -> Result<Option<(TlsConnector, ServerName<'static>)>> {
+    let Target::HttpFlv {
+        host, tls: true, ..
+    } = target
+    else {
+        return Ok(None);
+    };
+    let Some(ca) = ca else {
+        bail!("https:// players need --ca FILE (the CA that signed the server's certificate)");
+    };
+    let mut roots = RootCertStore::empty();
+    for cert in
+        CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))?
+    {
+        roots
+            .add(cert.with_context(|| format!("a certificate in {}", ca.display()))?)
+            .context("adding the CA")?;
+    }
+    let config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.parse::<u16>().is_ok() => name,
+        _ => host.as_str(),
+    };
+    let name = ServerName::try_from(name.trim_matches(['[', ']']).to_string())
+        .with_context(|| format!("{name:?} as a TLS server name"))?;
+    Ok(Some((TlsConnector::from(Arc::new(config)), name)))
 }
 
 /// Runs the fan-out and returns its report (also printed and, if asked,
@@ -142,12 +196,14 @@ pub async fn run(opts: FanoutOptions) -> Result<Report> {
     }
     let start = Instant::now();
     let deadline = start + opts.duration;
+    let tls = tls_client(&target, opts.ca.as_deref())?;
     let ctx = Rc::new(PlayerCtx {
         target,
         deadline,
         connect_timeout: opts.connect_timeout,
         counters: Counters::default(),
         stop_at_keyframe: false,
+        tls,
     });
     let cpu_before = match opts.server_pids.as_slice() {
         [] => None,
@@ -222,12 +278,15 @@ pub async fn run(opts: FanoutOptions) -> Result<Report> {
 /// Plays `url` with one player until a keyframe arrives; fails after
 /// `timeout`. Scripts use it to wait until a stream is live.
 pub async fn probe(url: &str, timeout: Duration) -> Result<()> {
+    let target = Target::parse(url)?;
+    let tls = tls_client(&target, None)?;
     let ctx = Rc::new(PlayerCtx {
-        target: Target::parse(url)?,
+        target,
         deadline: Instant::now() + timeout,
         connect_timeout: timeout,
         counters: Counters::default(),
         stop_at_keyframe: true,
+        tls,
     });
     let result = play(ctx).await;
     if let Outcome::Failed(e) = &result.outcome {
@@ -281,9 +340,9 @@ async fn play(ctx: Rc<PlayerCtx>) -> PlayerResult {
         tracker: PlayerTracker::new(),
     };
     let outcome = match &ctx.target {
-        Target::HttpFlv { addr, host, path } => {
-            play_http(&ctx, addr, host, path, &mut result).await
-        }
+        Target::HttpFlv {
+            addr, host, path, ..
+        } => play_http(&ctx, addr, host, path, &mut result).await,
         Target::Rtmp(url) => play_rtmp(&ctx, url, &mut result).await,
     };
     let c = &ctx.counters;
@@ -304,15 +363,40 @@ async fn play_http(
     result: &mut PlayerResult,
 ) -> Outcome {
     let connect_deadline = ctx.deadline.min(Instant::now() + ctx.connect_timeout);
-    let mut stream = match timeout_at(connect_deadline, TcpStream::connect(addr)).await {
+    let stream = match timeout_at(connect_deadline, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Outcome::Failed(format!("connect: {e}")),
         Err(_) => return Outcome::Failed("connect: timed out".into()),
     };
+    let Some((connector, name)) = &ctx.tls else {
+        return http_session(ctx, stream, host, path, connect_deadline, result).await;
+    };
+    let handshake = connector.connect(name.clone(), stream);
+    match timeout_at(connect_deadline, handshake).await {
+        Ok(Ok(tls)) => http_session(ctx, tls, host, path, connect_deadline, result).await,
+        Ok(Err(e)) => Outcome::Failed(format!("TLS handshake: {e}")),
+        Err(_) => Outcome::Failed("TLS handshake: timed out".into()),
+    }
+}
+
+/// Request and read the FLV body on a connected stream (TCP or TLS).
+async fn http_session<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &PlayerCtx,
+    mut stream: S,
+    host: &str,
+    path: &str,
+    connect_deadline: Instant,
+    result: &mut PlayerResult,
+) -> Outcome {
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: baton-bench\r\nAccept: */*\r\n\r\n"
     );
-    if let Err(e) = stream.write_all(request.as_bytes()).await {
+    if let Err(e) = async {
+        stream.write_all(request.as_bytes()).await?;
+        stream.flush().await
+    }
+    .await
+    {
         return Outcome::Failed(format!("sending request: {e}"));
     }
     let mut reader = HttpFlvReader::new();
@@ -427,7 +511,8 @@ mod tests {
             Target::HttpFlv {
                 addr: "127.0.0.1:18080".into(),
                 host: "127.0.0.1:18080".into(),
-                path: "/live/bench.flv".into()
+                path: "/live/bench.flv".into(),
+                tls: false,
             }
         );
         assert_eq!(
@@ -435,10 +520,20 @@ mod tests {
             Target::HttpFlv {
                 addr: "localhost:80".into(),
                 host: "localhost".into(),
-                path: "/a.flv".into()
+                path: "/a.flv".into(),
+                tls: false,
             }
         );
-        assert!(Target::parse("https://x/y").is_err());
+        assert_eq!(
+            Target::parse("https://localhost/a.flv").expect("https"),
+            Target::HttpFlv {
+                addr: "localhost:443".into(),
+                host: "localhost".into(),
+                path: "/a.flv".into(),
+                tls: true,
+            }
+        );
+        assert!(Target::parse("ftp://x/y").is_err());
         assert!(Target::parse("http:///y").is_err());
     }
 }

@@ -44,9 +44,12 @@ struct Cli {
 enum Command {
     /// Open many players on one stream and measure delivery and smoothness.
     Fanout {
-        /// rtmp://host:port/app/stream or http://host:port/app/stream.flv
+        /// rtmp://host:port/app/stream, http://host:port/app/stream.flv or https://...
         #[arg(long)]
         url: String,
+        /// For https:// URLs: PEM file of the CA that signed the server's certificate.
+        #[arg(long)]
+        ca: Option<PathBuf>,
         /// Number of players.
         #[arg(long, default_value_t = 1000)]
         players: u64,
@@ -179,6 +182,7 @@ async fn run(command: Command) -> Result<()> {
     match command {
         Command::Fanout {
             url,
+            ca,
             players,
             duration,
             ramp,
@@ -198,6 +202,7 @@ async fn run(command: Command) -> Result<()> {
                 server_pids,
                 json,
                 quiet,
+                ca,
             })
             .await?;
         }

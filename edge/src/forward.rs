@@ -161,7 +161,8 @@ impl Forward {
         origin: OriginAddr,
     ) -> anyhow::Result<Upstream> {
         let stall = core.settings.upstream_stall_timeout;
-        let mut upstream = Upstream::open(origin, key, stall, SETUP_TIMEOUT).await?;
+        let mut upstream =
+            Upstream::open(&core.origin_tls, origin, key, stall, SETUP_TIMEOUT).await?;
         let client = upstream_query(&core.auth, Action::Publish, key, client_query)
             .map(|q| format!("{q}&"))
             .unwrap_or_default();

@@ -12,6 +12,7 @@
 
 mod forward;
 mod locate;
+mod origin_tls;
 mod origins;
 mod pull;
 mod retry;
@@ -38,7 +39,7 @@ use streams::{EdgeCore, EdgeDirectory};
     version,
     about = "Baton edge: clients connect here; streams are pulled from and forwarded to origins, \
              and an origin can die, drain or upgrade without a client noticing",
-    after_help = "Signals: SIGTERM/SIGINT fast exit; SIGQUIT graceful exit; SIGUSR2 smooth upgrade.\n\
+    after_help = "Signals: SIGTERM/SIGINT fast exit; SIGQUIT graceful exit; SIGUSR2 smooth upgrade; SIGHUP reloads the TLS certificate.\n\
                   Shared settings are top-level keys of the TOML file (--config); edge settings \
                   go in its [edge] table."
 )]
@@ -73,23 +74,33 @@ fn main() -> ExitCode {
         let settings = Settings::resolve(&cli.settings)?;
         let file = cli.settings.with_file()?.edge;
         let edge = EdgeSettings::resolve(&cli.edge, file.as_ref())?;
-        Ok((settings.clone(), service(settings, edge)))
+        let origin_tls = origin_tls::OriginTls::new(&edge)?;
+        Ok((settings.clone(), service(settings, edge, origin_tls)))
     })
 }
 
 /// The edge as a service for the shared process supervisor.
-fn service(settings: Settings, edge: EdgeSettings) -> Service {
+fn service(settings: Settings, edge: EdgeSettings, origin_tls: origin_tls::OriginTls) -> Service {
     Service {
         role: Role::Edge,
         directory: Box::new(move |hub, shutdown| {
             let origins = origins::Origins::new(&edge);
             tokio::spawn(origins.clone().probe_forever(edge.health_interval));
             if let Some(dns) = edge.origin_dns.clone() {
-                tokio::spawn(origins.clone().resolve_forever(dns, edge.dns_server));
+                let tls_name = dns.tls.then(|| {
+                    let name = edge.origin_tls_name.as_deref().unwrap_or(&dns.name);
+                    settings::TlsName(Some(settings::intern(name)))
+                });
+                tokio::spawn(
+                    origins
+                        .clone()
+                        .resolve_forever(dns, edge.dns_server, tls_name),
+                );
             }
             let core = Arc::new(EdgeCore {
                 hub: hub.clone(),
                 origins,
+                origin_tls,
                 settings: edge,
                 shutdown: shutdown.clone(),
                 play_wait_timeout: settings.play_wait_timeout,

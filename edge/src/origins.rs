@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::locate::{self, Health, Purpose};
-use crate::settings::{EdgeSettings, OriginAddr, OriginDns};
+use crate::settings::{EdgeSettings, OriginAddr, OriginDns, TlsName};
 
 /// After a data-path failure an origin is not chosen again for this long,
 /// even if its API answers (the API may be reachable while the media path
@@ -243,7 +243,12 @@ impl Origins {
 
     /// Keep the DNS-derived origins current until the edge exits: resolve,
     /// sleep until the TTL expires (or a failure is reported), repeat.
-    pub async fn resolve_forever(self, dns: OriginDns, server: Option<SocketAddr>) {
+    pub async fn resolve_forever(
+        self,
+        dns: OriginDns,
+        server: Option<SocketAddr>,
+        tls: Option<TlsName>,
+    ) {
         let resolver = match build_resolver(server) {
             Ok(resolver) => resolver,
             Err(error) => {
@@ -259,6 +264,7 @@ impl Origins {
                         .map(|ip: IpAddr| OriginAddr {
                             rtmp: SocketAddr::new(ip, dns.rtmp_port),
                             api: dns.api_port.map(|port| SocketAddr::new(ip, port)),
+                            tls,
                         })
                         .collect();
                     tracing::debug!(name = dns.name, origins = found.len(), "DNS answer");

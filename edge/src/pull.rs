@@ -229,7 +229,8 @@ impl Pull {
                 .saturating_duration_since(Instant::now())
                 .clamp(Duration::from_millis(1), SETUP_TIMEOUT)
         });
-        let mut upstream = Upstream::open(origin, &self.key, stall, setup).await?;
+        let mut upstream =
+            Upstream::open(&self.core.origin_tls, origin, &self.key, stall, setup).await?;
         upstream.play(&self.play_name()).await?;
         Ok(upstream)
     }
@@ -378,10 +379,11 @@ impl Pull {
         };
         let stall = self.core.settings.upstream_stall_timeout;
         let (key, name) = (self.key.clone(), self.play_name());
+        let tls = self.core.origin_tls.clone();
         let limit = self.core.play_wait_timeout;
         tokio::spawn(async move {
             let result = async {
-                let mut upstream = Upstream::open(target, &key, stall, SETUP_TIMEOUT).await?;
+                let mut upstream = Upstream::open(&tls, target, &key, stall, SETUP_TIMEOUT).await?;
                 upstream.play(&name).await?;
                 tokio::time::timeout(limit, async {
                     loop {

@@ -3,6 +3,7 @@
 //! once, as flags and as keys of the config file's `[edge]` table.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -11,13 +12,37 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 /// One origin as given on the command line: its RTMP address, and
-/// optionally its API address (for `/readyz` health and stream lookup):
-/// `HOST:PORT` or `HOST:PORT,api=HOST:PORT`.
+/// optionally its API address (for `/readyz` health and stream lookup) and
+/// TLS (RTMPS to that address, the certificate checked for a name):
+/// `HOST:PORT[,api=HOST:PORT][,tls][,tls-name=NAME]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct OriginAddr {
     pub rtmp: SocketAddr,
     pub api: Option<SocketAddr>,
+    /// RTMPS to this origin, and the name its certificate must carry if
+    /// given (`tls-name=`, or the HOST written); else `--origin-tls-name`
+    /// or the IP address.
+    pub tls: Option<TlsName>,
+}
+
+/// The name an origin's certificate is checked against; `None` inside: no
+/// name given with the origin. Interned, so an origin stays `Copy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TlsName(pub Option<&'static str>);
+
+/// Names come from the configuration only (a few), so each is kept once
+/// for the life of the process.
+pub fn intern(name: &str) -> &'static str {
+    static NAMES: std::sync::Mutex<std::collections::BTreeSet<&'static str>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(known) = names.get(name) {
+        return known;
+    }
+    let kept: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    names.insert(kept);
+    kept
 }
 
 impl FromStr for OriginAddr {
@@ -25,19 +50,31 @@ impl FromStr for OriginAddr {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let mut parts = text.split(',');
-        let rtmp = parse_addr(parts.next().unwrap_or_default())?;
+        let first = parts.next().unwrap_or_default().trim();
+        let rtmp = parse_addr(first)?;
+        let host = first
+            .rsplit_once(':')
+            .map(|(host, _)| host)
+            .filter(|host| host.parse::<std::net::IpAddr>().is_err() && !host.starts_with('['));
         let mut api = None;
+        let mut tls = None;
         for part in parts {
-            match part.split_once('=') {
+            match part.trim().split_once('=') {
                 Some(("api", addr)) => api = Some(parse_addr(addr)?),
+                Some(("tls-name", name)) if !name.is_empty() => {
+                    tls = Some(TlsName(Some(intern(name))))
+                }
+                None if part.trim() == "tls" => {
+                    tls = tls.or(Some(TlsName(host.map(intern))));
+                }
                 _ => {
                     return Err(format!(
-                        "unknown origin option {part:?} (expected api=HOST:PORT)"
-                    ))
+                    "unknown origin option {part:?} (expected api=HOST:PORT, tls or tls-name=NAME)"
+                ))
                 }
             }
         }
-        Ok(OriginAddr { rtmp, api })
+        Ok(OriginAddr { rtmp, api, tls })
     }
 }
 
@@ -50,10 +87,16 @@ impl TryFrom<String> for OriginAddr {
 
 impl From<OriginAddr> for String {
     fn from(origin: OriginAddr) -> String {
-        match origin.api {
-            Some(api) => format!("{},api={api}", origin.rtmp),
-            None => origin.rtmp.to_string(),
+        let mut text = origin.rtmp.to_string();
+        if let Some(api) = origin.api {
+            text.push_str(&format!(",api={api}"));
         }
+        match origin.tls {
+            Some(TlsName(Some(name))) => text.push_str(&format!(",tls-name={name}")),
+            Some(TlsName(None)) => text.push_str(",tls"),
+            None => {}
+        }
+        text
     }
 }
 
@@ -69,14 +112,16 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{text:?} is not HOST:PORT"))
 }
 
-/// `NAME:PORT[,api-port=N]`: every A/AAAA record of NAME is an origin
-/// with its RTMP listener on PORT (and its API on N).
+/// `NAME:PORT[,api-port=N][,tls]`: every A/AAAA record of NAME is an
+/// origin with its RTMP (RTMPS with `tls`, the certificate checked for
+/// NAME unless `--origin-tls-name` says) listener on PORT (and its API on N).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct OriginDns {
     pub name: String,
     pub rtmp_port: u16,
     pub api_port: Option<u16>,
+    pub tls: bool,
 }
 
 impl FromStr for OriginDns {
@@ -90,12 +135,18 @@ impl FromStr for OriginDns {
             .ok_or_else(|| format!("{first:?} is not NAME:PORT"))?;
         let rtmp_port = port.parse().map_err(|_| format!("bad port in {first:?}"))?;
         let mut api_port = None;
+        let mut tls = false;
         for part in parts {
             match part.split_once('=') {
                 Some(("api-port", port)) => {
                     api_port = Some(port.parse().map_err(|_| format!("bad api-port {port:?}"))?)
                 }
-                _ => return Err(format!("unknown option {part:?} (expected api-port=N)")),
+                None if part == "tls" => tls = true,
+                _ => {
+                    return Err(format!(
+                        "unknown option {part:?} (expected api-port=N or tls)"
+                    ))
+                }
             }
         }
         if name.is_empty() {
@@ -105,6 +156,7 @@ impl FromStr for OriginDns {
             name: name.to_owned(),
             rtmp_port,
             api_port,
+            tls,
         })
     }
 }
@@ -118,10 +170,14 @@ impl TryFrom<String> for OriginDns {
 
 impl From<OriginDns> for String {
     fn from(dns: OriginDns) -> String {
-        match dns.api_port {
-            Some(port) => format!("{}:{},api-port={port}", dns.name, dns.rtmp_port),
-            None => format!("{}:{}", dns.name, dns.rtmp_port),
+        let mut text = format!("{}:{}", dns.name, dns.rtmp_port);
+        if let Some(port) = dns.api_port {
+            text.push_str(&format!(",api-port={port}"));
         }
+        if dns.tls {
+            text.push_str(",tls");
+        }
+        text
     }
 }
 
@@ -130,11 +186,12 @@ impl From<OriginDns> for String {
 #[serde(deny_unknown_fields, default)]
 pub struct EdgeArgs {
     /// An origin: its RTMP HOST:PORT, optionally with its API
-    /// (HOST:PORT,api=HOST:PORT). Repeat for each origin.
+    /// (HOST:PORT,api=HOST:PORT), and `,tls` for RTMPS (`,tls-name=NAME`: the
+    /// name its certificate must carry). Repeat for each origin.
     #[arg(long = "origin", env = "BATON_ORIGINS", value_delimiter = ' ')]
     #[serde(rename = "origins", skip_serializing_if = "Vec::is_empty")]
     pub origins: Vec<OriginAddr>,
-    /// Origins from DNS: NAME:PORT[,api-port=N]; every A/AAAA record is one,
+    /// Origins from DNS: NAME:PORT[,api-port=N][,tls]; every A/AAAA record is one,
     /// re-resolved at the TTL and after failures (a Kubernetes headless Service).
     #[arg(long, env = "BATON_ORIGIN_DNS")]
     pub origin_dns: Option<OriginDns>,
@@ -157,6 +214,13 @@ pub struct EdgeArgs {
     /// How often each origin's /readyz is probed. [default: 1s]
     #[arg(long, env = "BATON_HEALTH_INTERVAL")]
     pub health_interval: Option<HumanDuration>,
+    /// PEM file of the CA certificates that TLS origins (`,tls`) must chain to. [default: the system's roots]
+    #[arg(long, env = "BATON_ORIGIN_CA")]
+    pub origin_ca: Option<PathBuf>,
+    /// The name TLS origins' certificates must carry when an origin names none
+    /// (`tls-name=`, or a HOST rather than an IP). [default: the origin's host or IP]
+    #[arg(long, env = "BATON_ORIGIN_TLS_NAME")]
+    pub origin_tls_name: Option<String>,
 }
 
 /// The resolved edge settings.
@@ -170,6 +234,8 @@ pub struct EdgeSettings {
     pub pull_linger: Duration,
     pub publish_buffer: Duration,
     pub health_interval: Duration,
+    pub origin_ca: Option<PathBuf>,
+    pub origin_tls_name: Option<String>,
 }
 
 impl EdgeSettings {
@@ -200,6 +266,8 @@ impl EdgeSettings {
             pull_linger: dur(merged.pull_linger, Duration::from_secs(5)),
             publish_buffer: dur(merged.publish_buffer, Duration::from_secs(3)),
             health_interval: dur(merged.health_interval, Duration::from_secs(1)),
+            origin_ca: merged.origin_ca,
+            origin_tls_name: merged.origin_tls_name,
         };
         if settings.origins.is_empty() && settings.origin_dns.is_none() {
             return Err(ConfigError::Setting {
@@ -234,7 +302,28 @@ mod tests {
         assert!("127.0.0.1:1935,web=1".parse::<OriginAddr>().is_err());
         assert!("nowhere".parse::<OriginAddr>().is_err());
         let dns: OriginDns = "origins.svc:1935,api-port=1985".parse().unwrap();
-        assert_eq!((dns.rtmp_port, dns.api_port), (1935, Some(1985)));
+        assert_eq!(
+            (dns.rtmp_port, dns.api_port, dns.tls),
+            (1935, Some(1985), false)
+        );
+        let dns: OriginDns = "origins.svc:1936,tls".parse().unwrap();
+        assert!(dns.tls);
+        assert_eq!(String::from(dns), "origins.svc:1936,tls");
+    }
+
+    #[test]
+    fn tls_origin_syntax() {
+        let by_ip: OriginAddr = "127.0.0.1:1936,tls".parse().unwrap();
+        assert_eq!(by_ip.tls, Some(TlsName(None)));
+        assert_eq!(String::from(by_ip), "127.0.0.1:1936,tls");
+        let by_host: OriginAddr = "localhost:1936,api=127.0.0.1:1985,tls".parse().unwrap();
+        assert_eq!(by_host.tls, Some(TlsName(Some("localhost"))));
+        let named: OriginAddr = "127.0.0.1:1936,tls,tls-name=origin.test".parse().unwrap();
+        assert_eq!(named.tls, Some(TlsName(Some("origin.test"))));
+        let round: OriginAddr = String::from(named).parse().unwrap();
+        assert_eq!(round, named);
+        assert_eq!("127.0.0.1:1935".parse::<OriginAddr>().unwrap().tls, None);
+        assert!("127.0.0.1:1936,tls-name=".parse::<OriginAddr>().is_err());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use baton_common::serve::StreamDirectory;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::origin_tls::OriginTls;
 use crate::origins::Origins;
 use crate::pull::{self, PullHandle};
 use crate::settings::EdgeSettings;
@@ -29,6 +30,8 @@ use crate::status::{Direction, StatusCell};
 pub struct EdgeCore {
     pub hub: Hub,
     pub origins: Origins,
+    /// How upstreams connect to TLS origins.
+    pub origin_tls: OriginTls,
     pub settings: EdgeSettings,
     pub shutdown: Shutdown,
     /// How long a pull may look for a stream no origin has yet (the

@@ -21,9 +21,9 @@ use baton_common::rtmp::client_session::{ClientEvent, ClientSession};
 use baton_common::rtmp::session::CAPS_EX_RECONNECT;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::origin_tls::{OriginStream, OriginTls};
 use crate::settings::OriginAddr;
 
 const READ_RESERVE: usize = 64 * 1024;
@@ -32,7 +32,7 @@ const WRITE_BATCH: usize = 64 * 1024;
 
 /// A connected, stream-created RTMP connection to one origin.
 pub struct Upstream {
-    socket: TcpStream,
+    socket: OriginStream,
     read_buf: BytesMut,
     session: ClientSession,
     pub stream_id: u32,
@@ -46,23 +46,26 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// TCP connect, handshake, `connect(app)`, `createStream`, all within
-    /// `setup_timeout`.
+    /// TCP connect (and TLS for a TLS origin), handshake, `connect(app)`,
+    /// `createStream`, all within `setup_timeout`.
     pub async fn open(
+        tls: &OriginTls,
         origin: OriginAddr,
         key: &StreamKey,
         stall_timeout: Duration,
         setup_timeout: Duration,
     ) -> anyhow::Result<Upstream> {
         tokio::time::timeout(setup_timeout, async {
-            let socket = TcpStream::connect(origin.rtmp)
-                .await
-                .with_context(|| format!("connecting to {}", origin.rtmp))?;
-            socket.set_nodelay(true)?;
+            let socket = tls.connect(&origin).await?;
+            let scheme = if origin.tls.is_some() {
+                "rtmps"
+            } else {
+                "rtmp"
+            };
             let mut session = ClientSession::with_seed(rand::random());
             // We follow Enhanced RTMP reconnect requests (planned moves).
             session.set_caps_ex(CAPS_EX_RECONNECT);
-            let tc_url = format!("rtmp://{}/{}", origin.rtmp, key.app);
+            let tc_url = format!("{scheme}://{}/{}", origin.rtmp, key.app);
             session.connect(&key.app, &tc_url);
             session.create_stream();
             let mut upstream = Upstream {
@@ -131,6 +134,7 @@ impl Upstream {
     /// write that blocks only once it is full must not add its own timeout
     /// to that time.
     pub async fn flush(&mut self) -> anyhow::Result<()> {
+        let mut wrote = false;
         while let Some(bytes) = self.session.take_output() {
             let deadline =
                 (Instant::now() + self.stall_timeout).min(self.last_input + self.stall_timeout);
@@ -142,6 +146,14 @@ impl Upstream {
                         self.stall_timeout
                     )
                 })?
+                .context("write to origin")?;
+            wrote = true;
+        }
+        if wrote {
+            // TLS may hold the tail of what it took; TCP holds nothing.
+            tokio::time::timeout(self.stall_timeout, self.socket.flush())
+                .await
+                .map_err(|_| anyhow!("origin accepted no data for {:?}", self.stall_timeout))?
                 .context("write to origin")?;
         }
         Ok(())

@@ -19,7 +19,7 @@ use clap::Parser;
     name = "baton-origin",
     version,
     about = "Baton origin: RTMP ingest, RTMP and HTTP-FLV playback, graceful exits and smooth upgrades",
-    after_help = "Signals: SIGTERM/SIGINT fast exit; SIGQUIT graceful exit; SIGUSR2 smooth upgrade.\n\
+    after_help = "Signals: SIGTERM/SIGINT fast exit; SIGQUIT graceful exit; SIGUSR2 smooth upgrade; SIGHUP reloads the TLS certificate.\n\
                   Every setting can also be given in the TOML file (--config) under its long name \
                   with '_' for '-', or as the BATON_* environment variable shown."
 )]

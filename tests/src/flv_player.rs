@@ -22,8 +22,13 @@ enum Framing {
     ToEof,
 }
 
+/// The player's connection: TCP, or TLS over TCP (HTTPS).
+trait PlayerIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> PlayerIo for T {}
+
 pub struct FlvPlayer {
-    stream: TcpStream,
+    stream: Box<dyn PlayerIo>,
+    local: SocketAddr,
     pub status: u16,
     /// Response headers, names lower-cased.
     pub headers: Vec<(String, String)>,
@@ -44,10 +49,39 @@ impl FlvPlayer {
     /// Any status is returned (check [`FlvPlayer::status`]).
     pub async fn connect(url: &str) -> anyhow::Result<FlvPlayer> {
         let (authority, path) = split_url(url)?;
-        let mut stream = TcpStream::connect(&authority)
+        let stream = TcpStream::connect(&authority)
             .await
             .with_context(|| format!("connecting to {authority}"))?;
         stream.set_nodelay(true)?;
+        let local = stream.local_addr()?;
+        Self::request(Box::new(stream), local, &authority, &path).await
+    }
+
+    /// `GET` over HTTPS: `url` is `https://ADDR/PATH`, the certificate is
+    /// verified against `ca` for `name`.
+    pub async fn connect_tls(
+        url: &str,
+        name: &str,
+        ca: &std::path::Path,
+    ) -> anyhow::Result<FlvPlayer> {
+        let rest = url
+            .strip_prefix("https://")
+            .with_context(|| format!("not an https:// URL: {url}"))?;
+        let (authority, path) = split_url(&format!("http://{rest}"))?;
+        let addr: SocketAddr = authority
+            .parse()
+            .context("https:// URLs here need IP:PORT")?;
+        let stream = crate::tls::connect(addr, name, ca).await?;
+        let local = stream.get_ref().0.local_addr()?;
+        Self::request(Box::new(stream), local, &authority, &path).await
+    }
+
+    async fn request(
+        mut stream: Box<dyn PlayerIo>,
+        local: SocketAddr,
+        authority: &str,
+        path: &str,
+    ) -> anyhow::Result<FlvPlayer> {
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: baton-tests\r\nAccept: */*\r\n\r\n"
         );
@@ -65,6 +99,7 @@ impl FlvPlayer {
         };
         Ok(FlvPlayer {
             stream,
+            local,
             status: head.status,
             headers: head.headers,
             framing,
@@ -89,9 +124,7 @@ impl FlvPlayer {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.stream
-            .local_addr()
-            .expect("local_addr of a connected socket")
+        self.local
     }
 
     /// The 13-byte FLV file header (with PreviousTagSize0) once received.

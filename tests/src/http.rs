@@ -132,7 +132,10 @@ pub struct ResponseHead {
 }
 
 /// Reads until the end of the response head; bytes after it stay in `buf`.
-pub async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> anyhow::Result<ResponseHead> {
+pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> anyhow::Result<ResponseHead> {
     loop {
         if let Some(end) = find(buf, b"\r\n\r\n") {
             let head = buf.split_to(end + 4);

@@ -47,6 +47,7 @@ pub mod play;
 pub mod proxy;
 pub mod raw_rtmp;
 pub mod synth;
+pub mod tls;
 pub mod tools;
 
 pub use check::{assert_playback, frame_summary, PlaybackCheck};

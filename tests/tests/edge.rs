@@ -14,6 +14,7 @@ use baton_tests::feed::{Feed, Received, Watcher};
 use baton_tests::findings::Findings;
 use baton_tests::play::{flv_player, rtmp_player};
 use baton_tests::proxy::{FaultProxy, Mode};
+use baton_tests::tls::{edge_tls_origins, start_tls_origin, TestPki};
 use baton_tests::{eventually, Node, NodeBuilder, Ports, Signal, SynthConfig};
 
 const APP: &str = "live";
@@ -37,6 +38,8 @@ struct Topology {
     origins: Vec<Node>,
     edge_a: Node,
     edge_b: Node,
+    /// The test CA when edges reach the origins over TLS.
+    _pki: Option<TestPki>,
 }
 
 /// Two fresh origins, and edges A and B in front of both with `edge_args`.
@@ -49,6 +52,19 @@ async fn topology(edge_args: &[&str]) -> Topology {
     Topology::start(origins, edge).await
 }
 
+/// As [`topology`], but the edges reach the origins over RTMPS, verifying
+/// their certificates against a test CA.
+async fn tls_topology(edge_args: &[&str]) -> Topology {
+    let pki = TestPki::new("baton edge test CA");
+    let (o1, rtmps1) = start_tls_origin(&pki, &[]).await;
+    let (o2, rtmps2) = start_tls_origin(&pki, &[]).await;
+    let edge = edge_tls_origins(Node::edge_builder(), &[(&o1, rtmps1), (&o2, rtmps2)], &pki);
+    let origins = vec![o1, o2];
+    let mut t = Topology::start(origins, edge.args(edge_args.iter().copied())).await;
+    t._pki = Some(pki);
+    t
+}
+
 impl Topology {
     /// Edges A and B, both started from `edge`, in front of `origins`.
     async fn start(origins: Vec<Node>, edge: NodeBuilder) -> Topology {
@@ -58,6 +74,7 @@ impl Topology {
             origins,
             edge_a,
             edge_b,
+            _pki: None,
         }
     }
 
@@ -223,7 +240,17 @@ async fn check_after_fault(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn origin_sigkill_is_invisible_to_players_and_publisher() {
     let _serial = SERIAL.lock().await;
-    let mut t = topology(&edge_args(&[])).await;
+    origin_sigkill_case(topology(&edge_args(&[])).await).await;
+}
+
+/// The same with TLS between the edges and the origins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn origin_sigkill_over_tls_is_invisible_to_players_and_publisher() {
+    let _serial = SERIAL.lock().await;
+    origin_sigkill_case(tls_topology(&edge_args(&[])).await).await;
+}
+
+async fn origin_sigkill_case(mut t: Topology) {
     let (feed, watchers) = stream_through_edges(&t, "kill").await;
     let holder = t.holder("kill").await;
     tokio::time::sleep(Duration::from_millis(700)).await;

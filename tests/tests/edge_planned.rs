@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use baton_tests::feed::{Feed, Watcher};
 use baton_tests::findings::Findings;
 use baton_tests::play::{flv_player, rtmp_player};
+use baton_tests::tls::{edge_tls_origins, start_tls_origin, TestPki};
 use baton_tests::{eventually, pid_alive, signal_pid, Node, Signal};
 
 const APP: &str = "live";
@@ -27,19 +28,62 @@ async fn holder(origins: &[Node]) -> Option<usize> {
     None
 }
 
+const ORIGIN_ARGS: [&str; 4] = ["--grace-start-wait", "300ms", "--grace-final-wait", "200ms"];
+
+/// One planned-move test at a time (each measures stalls of tens of ms).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn upgrade_then_drain_of_the_origin_is_make_before_break() {
-    let origin_args = ["--grace-start-wait", "300ms", "--grace-final-wait", "200ms"];
-    let o1 = Node::start(&origin_args).await;
-    let o2 = Node::start(&origin_args).await;
+    let _serial = SERIAL.lock().await;
+    let o1 = Node::start(&ORIGIN_ARGS).await;
+    let o2 = Node::start(&ORIGIN_ARGS).await;
     let edge_a = Node::start_edge(&[&o1, &o2], &[]).await;
     let edge_b = Node::start_edge(&[&o1, &o2], &[]).await;
-    let origins = vec![o1, o2];
+    planned_case(&[o1, o2], &edge_a, &edge_b).await;
+}
+
+/// The same with TLS between the edges and the origins: the RTMPS
+/// listener is handed to the new generation, and the drains wait for the
+/// edges' TLS connections as for plain ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upgrade_then_drain_over_tls_is_make_before_break() {
+    let _serial = SERIAL.lock().await;
+    let pki = TestPki::new("baton planned test CA");
+    let (o1, rtmps1) = start_tls_origin(&pki, &ORIGIN_ARGS).await;
+    let (o2, rtmps2) = start_tls_origin(&pki, &ORIGIN_ARGS).await;
+    let edge = edge_tls_origins(Node::edge_builder(), &[(&o1, rtmps1), (&o2, rtmps2)], &pki);
+    let edge_a = edge.clone().start().await;
+    let edge_b = edge.start().await;
+    let origins = [o1, o2];
+    planned_case(&origins, &edge_a, &edge_b).await;
+    // The edges' upstreams were RTMPS, on both generations of the origin.
+    for origin in &origins {
+        let log = origin.log();
+        let tls_upstreams = log
+            .lines()
+            .filter(|l| l.contains("tls=true") && l.contains("started"))
+            .count();
+        println!("origin: {tls_upstreams} TLS publish/play starts");
+        assert!(
+            tls_upstreams > 0,
+            "no RTMPS upstream reached an origin:\n{}",
+            origin.log_tail(30)
+        );
+        assert!(
+            !log.contains("TLS handshake failed"),
+            "{}",
+            origin.log_tail(30)
+        );
+    }
+}
+
+async fn planned_case(origins: &[Node], edge_a: &Node, edge_b: &Node) {
     let feed = Feed::standard();
     feed.attach("edge-a", &edge_a.rtmp_url(APP, STREAM))
         .await
         .expect("publishing to edge A");
-    let first = eventually(Duration::from_secs(10), || holder(&origins))
+    let first = eventually(Duration::from_secs(10), || holder(origins))
         .await
         .expect("an origin publishes the stream");
     let watchers = vec![
@@ -94,7 +138,7 @@ async fn upgrade_then_drain_of_the_origin_is_make_before_break() {
     if let Some(at) = drained {
         println!("drained generation exited {:?} after SIGQUIT", at - drain);
     }
-    let now_on = eventually(Duration::from_secs(10), || holder(&origins)).await;
+    let now_on = eventually(Duration::from_secs(10), || holder(origins)).await;
     findings.check(now_on == Some(1 - first), || {
         format!("after the drain the stream is on {now_on:?}, not the other origin")
     });
@@ -144,6 +188,6 @@ async fn upgrade_then_drain_of_the_origin_is_make_before_break() {
             origins[first].log_tail(60)
         );
     }
-    findings.assert_none(&edge_b);
+    findings.assert_none(edge_b);
     feed.stop().await;
 }

@@ -620,6 +620,11 @@ impl Inherited {
 
     /// Removes and returns the listener named `name`. Listeners nobody takes
     /// are closed when `self` is dropped (e.g. removed from the config).
+    /// Whether the predecessor handed over a listener of this name.
+    pub fn has(&self, name: &str) -> bool {
+        self.listeners.iter().any(|l| l.desc.name == name)
+    }
+
     pub fn take(&mut self, name: &str) -> Option<InheritedListener> {
         let idx = self.listeners.iter().position(|l| l.desc.name == name)?;
         Some(self.listeners.remove(idx))

@@ -20,7 +20,9 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use super::accept::{accept_loop, ListenerKind};
@@ -45,16 +47,32 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
 }
 
 async fn handle_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>) {
+    let _ = stream.set_nodelay(true);
+    serve_connection(stream, peer, ctx, false).await
+}
+
+/// HTTPS-FLV: the same serving over a TLS stream (see [`super::tls`]).
+pub async fn serve_tls(listener: TcpListener, ctx: Arc<ServerContext>, acceptor: TlsAcceptor) {
+    super::tls::serve_tls("https-flv", listener, ctx, acceptor, |stream, peer, ctx| {
+        serve_connection(stream, peer, ctx, true)
+    })
+    .await;
+}
+
+async fn serve_connection<S>(stream: S, peer: SocketAddr, ctx: Arc<ServerContext>, tls: bool)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
     let guard = Arc::new(ctx.clients.register(peer, Transport::HttpFlv));
     let span = tracing::info_span!(
         "http-flv",
         client = guard.id(),
         %peer,
+        tls,
         stream = tracing::field::Empty,
         role = tracing::field::Empty
     );
     async move {
-        let _ = stream.set_nodelay(true);
         let (io, clock) = StallIo::new(stream);
         let service = {
             let (ctx, guard) = (ctx.clone(), guard.clone());

@@ -24,6 +24,7 @@ pub mod rtmp;
 pub mod settings;
 pub mod stall;
 pub mod tag_batch;
+pub mod tls;
 pub mod viewer;
 
 use std::path::PathBuf;

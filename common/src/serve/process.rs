@@ -30,9 +30,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::settings::Settings;
+use super::tls::ServerTls;
 use super::{api, http_flv, rtmp, ServerContext, StreamDirectory};
 
-const LISTENER_NAMES: [&str; 3] = ["rtmp", "http", "api"];
 /// How long a fast exit waits for connections to close.
 const FAST_EXIT_BUDGET: Duration = Duration::from_millis(700);
 
@@ -121,12 +121,26 @@ fn bind_all(settings: &Settings, role: Role) -> anyhow::Result<Listeners> {
     Ok(Listeners { std })
 }
 
-fn listener_addrs(settings: &Settings) -> [(&'static str, SocketAddr); 3] {
+/// Every listener by its hand-over name; the TLS ones only when set.
+fn listener_addrs(settings: &Settings) -> Vec<(&'static str, SocketAddr)> {
+    let tls = [("rtmps", settings.tls.rtmps), ("https", settings.tls.https)];
     [
-        (LISTENER_NAMES[0], settings.rtmp),
-        (LISTENER_NAMES[1], settings.http),
-        (LISTENER_NAMES[2], settings.api),
+        ("rtmp", settings.rtmp),
+        ("http", settings.http),
+        ("api", settings.api),
     ]
+    .into_iter()
+    .chain(
+        tls.into_iter()
+            .filter_map(|(name, addr)| Some((name, addr?))),
+    )
+    .collect()
+}
+
+/// Listeners a new generation may add in an upgrade (bound afresh when
+/// the running one has none to hand over).
+fn optional_listener(name: &str) -> bool {
+    matches!(name, "rtmps" | "https")
 }
 
 fn bind_error(error: BindError, name: &str, settings: &Settings, role: Role) -> anyhow::Error {
@@ -160,8 +174,8 @@ async fn adopt(
         .with_context(|| format!("cannot take the listeners from {}", from.display()))?;
     let mut std = Vec::new();
     for (name, addr) in listener_addrs(settings) {
-        let listener = if settings.reuseport {
-            bind_listener(addr, true, DEFAULT_BACKLOG)
+        let listener = if settings.reuseport || (optional_listener(name) && !inherited.has(name)) {
+            bind_listener(addr, settings.reuseport, DEFAULT_BACKLOG)
                 .map_err(|e| bind_error(e, name, settings, role))?
         } else {
             let got = inherited
@@ -234,6 +248,9 @@ async fn start(
     let pid = std::process::id();
     let role = service.role;
     let metrics = crate::telemetry::install_metrics()?;
+    // The certificate first: a node (or a successor) with a broken one
+    // does not start, and the running generation keeps serving.
+    let tls = ServerTls::from_settings(&settings.tls).context("TLS")?;
     let (listeners, generation, older) = match &upgrade_from {
         Some(from) => adopt(from, &settings, role).await?,
         None => (bind_all(&settings, role)?, 1, Vec::new()),
@@ -260,7 +277,11 @@ async fn start(
         generation,
         older,
     ));
-    let handover_copies = start_servers(&ctx, listeners)?;
+    let handover_copies = start_servers(&ctx, listeners, tls.as_ref())?;
+    match &tls {
+        Some(tls) => tls.spawn_watcher(settings.tls.watch_interval, ctx.shutdown.close_all.clone()),
+        None => super::tls::ignore_hangup(ctx.shutdown.close_all.clone()),
+    }
     let reaper = hub.spawn_reaper();
 
     if let Some(from) = &upgrade_from {
@@ -326,6 +347,12 @@ fn print_banner(settings: &Settings, role: Role, generation: u64) {
     );
     println!("  play:     rtmp://{rtmp}/live/STREAM");
     println!("            http://{http}/live/STREAM.flv");
+    if let Some(rtmps) = settings.tls.rtmps {
+        println!("  tls:      rtmps://{}/live/STREAM", show(rtmps));
+    }
+    if let Some(https) = settings.tls.https {
+        println!("            https://{}/live/STREAM.flv", show(https));
+    }
     println!("  api:      http://{api}/api/v1/summaries   metrics: http://{api}/metrics");
     println!(
         "  stop:     Ctrl-C (fast), kill -QUIT {} (graceful), kill -USR2 {} (upgrade)",
@@ -337,6 +364,7 @@ fn print_banner(settings: &Settings, role: Role, generation: u64) {
 fn start_servers(
     ctx: &Arc<ServerContext>,
     listeners: Listeners,
+    tls: Option<&ServerTls>,
 ) -> anyhow::Result<Vec<(ListenerDesc, OwnedFd)>> {
     let mut copies = Vec::new();
     for (desc, listener) in listeners.std {
@@ -346,6 +374,14 @@ fn start_servers(
         match desc.name.as_str() {
             "rtmp" => tokio::spawn(rtmp::serve(listener, ctx)),
             "http" => tokio::spawn(http_flv::serve(listener, ctx)),
+            "rtmps" | "https" => {
+                let tls =
+                    tls.ok_or_else(|| anyhow!("{} listener without TLS settings", desc.name))?;
+                match desc.name.as_str() {
+                    "rtmps" => tokio::spawn(rtmp::serve_tls(listener, ctx, tls.rtmps.clone())),
+                    _ => tokio::spawn(http_flv::serve_tls(listener, ctx, tls.https.clone())),
+                }
+            }
             _ => tokio::spawn(api::serve(listener, ctx)),
         };
         copies.push((desc, copy));

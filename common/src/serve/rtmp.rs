@@ -17,9 +17,9 @@ use crate::hub::{encode_rtmp, HubItem, PublishError, PublisherInfo, StreamKey};
 use crate::rtmp::session::{ServerEvent, ServerSession, SessionConfig, PLAY_STREAM_ID};
 use anyhow::{anyhow, bail, Context as _};
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -42,18 +42,45 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
 }
 
 async fn handle_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>) {
+    let _ = stream.set_nodelay(true);
+    let (reader, writer) = stream.into_split();
+    serve_connection(Box::new(reader), Box::new(writer), peer, ctx, false).await
+}
+
+/// RTMPS: the same serving over a TLS stream (see [`super::tls`]).
+pub async fn serve_tls(listener: TcpListener, ctx: Arc<ServerContext>, acceptor: TlsAcceptor) {
+    super::tls::serve_tls(
+        "rtmps",
+        listener,
+        ctx,
+        acceptor,
+        |stream, peer, ctx| async move {
+            let (reader, writer) = tokio::io::split(stream);
+            serve_connection(Box::new(reader), Box::new(writer), peer, ctx, true).await
+        },
+    )
+    .await;
+}
+
+async fn serve_connection(
+    reader: Reader,
+    writer: Writer,
+    peer: SocketAddr,
+    ctx: Arc<ServerContext>,
+    tls: bool,
+) {
     let guard = ctx.clients.register(peer, Transport::Rtmp);
     let span = tracing::info_span!(
         "rtmp",
         client = guard.id(),
         %peer,
+        tls,
         stream = tracing::field::Empty,
         role = tracing::field::Empty
     );
     async move {
         tracing::debug!("connected");
-        let _ = stream.set_nodelay(true);
-        match Connection::new(stream, guard, ctx).run().await {
+        match Connection::new(reader, writer, guard, ctx).run().await {
             Ok(reason) => tracing::info!(reason, "disconnected"),
             Err(error) => tracing::warn!(error = format!("{error:#}"), "disconnected"),
         }
@@ -62,9 +89,13 @@ async fn handle_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerC
     .await
 }
 
+/// A connection's halves: a TCP socket's, or a TLS stream's.
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
 struct Connection {
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+    reader: Reader,
+    writer: Writer,
     input: BytesMut,
     session: ServerSession,
     guard: ClientGuard,
@@ -92,8 +123,7 @@ enum Intent {
 }
 
 impl Connection {
-    fn new(stream: TcpStream, guard: ClientGuard, ctx: Arc<ServerContext>) -> Self {
-        let (reader, writer) = stream.into_split();
+    fn new(reader: Reader, writer: Writer, guard: ClientGuard, ctx: Arc<ServerContext>) -> Self {
         Connection {
             reader,
             writer,
@@ -178,6 +208,8 @@ impl Connection {
                 .context("write failed")?;
             self.guard.entry().add_bytes_out(bytes.len() as u64);
         }
+        // TLS keeps what the socket did not take; plain TCP has nothing.
+        self.writer.flush().await.context("write failed")?;
         Ok(())
     }
 
@@ -585,6 +617,11 @@ pub async fn write_all_segments<W: AsyncWrite + Unpin>(
             index += 1;
             offset = 0;
         }
+    }
+    // A TLS stream may hold the tail of what it took; plain TCP holds none.
+    match tokio::time::timeout(stall_timeout, writer.flush()).await {
+        Ok(result) => result.context("write failed")?,
+        Err(_) => bail!("player accepted no data for {stall_timeout:?}"),
     }
     Ok(written)
 }

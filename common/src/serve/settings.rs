@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::tls::TlsSettings;
 use crate::config::{load_toml, overlay, ConfigError, HumanDuration};
 use crate::hub::HubConfig;
 use crate::serve::auth::{self, AuthSettings};
@@ -39,6 +40,21 @@ pub struct SettingsArgs {
     /// HTTP API, health and metrics listen address. [default: 127.0.0.1:1985]
     #[arg(long, env = "BATON_API")]
     pub api: Option<SocketAddr>,
+    /// RTMPS listen address (RTMP over TLS, publish and play); needs --tls-cert and --tls-key. [default: none]
+    #[arg(long, env = "BATON_RTMPS")]
+    pub rtmps: Option<SocketAddr>,
+    /// HTTPS-FLV listen address (HTTP-FLV and the viewer page over TLS); needs --tls-cert and --tls-key. [default: none]
+    #[arg(long, env = "BATON_HTTPS")]
+    pub https: Option<SocketAddr>,
+    /// PEM certificate chain (leaf first) for --rtmps/--https; reloaded on SIGHUP and when it changes. [default: none]
+    #[arg(long, env = "BATON_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of that certificate (PKCS#8, PKCS#1 or SEC1). [default: none]
+    #[arg(long, env = "BATON_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// How often the certificate and key files are checked for changes. [default: 2s]
+    #[arg(long, env = "BATON_TLS_WATCH_INTERVAL")]
+    pub tls_watch_interval: Option<HumanDuration>,
     /// PID file naming the serving generation (written atomically). [default: none]
     #[arg(long, env = "BATON_PID_FILE")]
     pub pid_file: Option<PathBuf>,
@@ -156,6 +172,8 @@ pub struct Settings {
     pub rtmp: SocketAddr,
     pub http: SocketAddr,
     pub api: SocketAddr,
+    /// RTMPS/HTTPS listeners and their certificate.
+    pub tls: TlsSettings,
     pub pid_file: Option<PathBuf>,
     pub control_dir: PathBuf,
     pub log: String,
@@ -210,6 +228,13 @@ impl Settings {
             rtmp: pick(a.rtmp, SocketAddr::from(([0, 0, 0, 0], 1935))),
             http: pick(a.http, SocketAddr::from(([0, 0, 0, 0], 8080))),
             api: pick(a.api, SocketAddr::from(([127, 0, 0, 1], 1985))),
+            tls: TlsSettings {
+                rtmps: a.rtmps,
+                https: a.https,
+                cert: a.tls_cert,
+                key: a.tls_key,
+                watch_interval: dur(a.tls_watch_interval, Duration::from_secs(2)),
+            },
             pid_file: a.pid_file,
             control_dir: pick(a.control_dir, std::env::temp_dir()),
             log: pick(a.log, "info".to_string()),
@@ -279,7 +304,15 @@ impl Settings {
                 "handshake, publish idle and player write timeouts must be non-zero",
             ));
         }
-        for (name, addr) in [("rtmp", self.rtmp), ("http", self.http), ("api", self.api)] {
+        if let Some(problem) = self.tls.problem() {
+            return Err(bad("tls", problem));
+        }
+        let tls_addrs = [("rtmps", self.tls.rtmps), ("https", self.tls.https)];
+        let tls_addrs = tls_addrs.iter().filter_map(|(n, a)| Some((*n, (*a)?)));
+        for (name, addr) in [("rtmp", self.rtmp), ("http", self.http), ("api", self.api)]
+            .into_iter()
+            .chain(tls_addrs)
+        {
             if addr.port() == 0 {
                 return Err(ConfigError::Setting {
                     name: "listen address",
