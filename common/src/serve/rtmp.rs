@@ -152,9 +152,12 @@ impl Connection {
             return Ok(false);
         }
         self.guard.entry().add_bytes_in(n as u64);
-        self.session
-            .handle_input(&mut self.input)
-            .map_err(|e| anyhow!("protocol error: {e}"))?;
+        if let Err(error) = self.session.handle_input(&mut self.input) {
+            // The session queued what the peer can read about why
+            // (`_error` / an error onStatus): send it, briefly, then close.
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.flush_session()).await;
+            bail!("protocol error: {error}");
+        }
         Ok(true)
     }
 
