@@ -150,6 +150,12 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     response
 }
 
+fn text_owned(status: StatusCode, body: String) -> Response<Body> {
+    let mut response = text(status, "");
+    *response.body_mut() = Full::new(TagBatch::from(Bytes::from(body))).boxed();
+    response
+}
+
 /// `GET /`: the viewer page listing the streams published on this node.
 fn viewer_page(ctx: &ServerContext, head: bool) -> Response<Body> {
     let mut live: Vec<StreamKey> = ctx
@@ -180,15 +186,12 @@ fn viewer_page(ctx: &ServerContext, head: bool) -> Response<Body> {
     response
 }
 
-/// `/{app...}/{stream}.flv` → key.
-fn parse_path(path: &str) -> Option<StreamKey> {
+/// `/{app...}/{stream}.flv` → (app, stream), not yet validated.
+fn parse_path(path: &str) -> Option<(&str, &str)> {
     let path = path.strip_prefix('/')?;
     let (app, file) = path.rsplit_once('/')?;
     let stream = file.strip_suffix(".flv")?;
-    if app.is_empty() || stream.is_empty() || app.len() > 256 || stream.len() > 256 {
-        return None;
-    }
-    Some(StreamKey::new(app, stream))
+    Some((app, stream))
 }
 
 async fn route(
@@ -218,11 +221,18 @@ async fn route(
     if req.uri().path() == "/" {
         return viewer_page(&ctx, req.method() == Method::HEAD);
     }
-    let Some(key) = parse_path(req.uri().path()) else {
+    let Some((app, stream)) = parse_path(req.uri().path()) else {
         return text(
             StatusCode::NOT_FOUND,
             "not found: play URLs look like /{app}/{stream}.flv (the viewer page is /)\n",
         );
+    };
+    let key = match super::names::stream_key(app, stream) {
+        Ok(key) => key,
+        Err(error) => {
+            tracing::warn!(%error, "play refused: invalid app or stream name");
+            return text_owned(StatusCode::BAD_REQUEST, format!("invalid name: {error}\n"));
+        }
     };
     if req.method() == Method::HEAD {
         let published = ctx.hub.source(&key).is_some_and(|s| s.is_publishing());
@@ -326,16 +336,10 @@ mod tests {
 
     #[test]
     fn play_paths() {
-        assert_eq!(
-            parse_path("/live/cam.flv"),
-            Some(StreamKey::new("live", "cam"))
-        );
-        assert_eq!(
-            parse_path("/a/b/cam.flv"),
-            Some(StreamKey::new("a/b", "cam"))
-        );
+        assert_eq!(parse_path("/live/cam.flv"), Some(("live", "cam")));
+        assert_eq!(parse_path("/a/b/cam.flv"), Some(("a/b", "cam")));
         assert_eq!(parse_path("/live/cam"), None);
         assert_eq!(parse_path("/cam.flv"), None);
-        assert_eq!(parse_path("/live/.flv"), None);
+        assert_eq!(parse_path("/live/.flv"), Some(("live", "")));
     }
 }

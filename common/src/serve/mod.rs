@@ -17,6 +17,7 @@ pub mod api;
 pub mod generations;
 pub mod http_flv;
 pub mod metrics;
+pub mod names;
 pub mod playback;
 pub mod process;
 pub mod rtmp;

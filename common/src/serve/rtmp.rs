@@ -85,6 +85,8 @@ enum Intent {
         /// An edge relaying the stream (`?baton_relay=1`).
         relay: bool,
     },
+    /// Told why (an onStatus error) and done.
+    Refused(&'static str),
 }
 
 impl Connection {
@@ -129,6 +131,7 @@ impl Connection {
                 resume_after,
                 relay,
             } => self.play(stream_id, key, resume_after, relay).await,
+            Intent::Refused(reason) => Ok(reason),
         }
     }
 
@@ -188,7 +191,12 @@ impl Connection {
                         stream,
                         query,
                     } => {
-                        let key = self.stream_key(&stream)?;
+                        let Some(key) = self.valid_key(&stream, stream_id, true) else {
+                            self.flush_session().await?;
+                            return Ok(Some(Intent::Refused(
+                                "refused: invalid app or stream name",
+                            )));
+                        };
                         self.flush_session().await?;
                         return Ok(Some(Intent::Publish {
                             stream_id,
@@ -202,7 +210,12 @@ impl Connection {
                         stream,
                         query,
                     } => {
-                        let key = self.stream_key(&stream)?;
+                        let Some(key) = self.valid_key(&stream, stream_id, false) else {
+                            self.flush_session().await?;
+                            return Ok(Some(Intent::Refused(
+                                "refused: invalid app or stream name",
+                            )));
+                        };
                         self.flush_session().await?;
                         return Ok(Some(Intent::Play {
                             stream_id,
@@ -219,15 +232,31 @@ impl Connection {
         }
     }
 
-    fn stream_key(&self, stream: &str) -> anyhow::Result<StreamKey> {
-        let app = self.session.app().unwrap_or_default();
-        if app.is_empty() || stream.is_empty() {
-            bail!("empty app or stream name (app {app:?}, stream {stream:?})");
+    /// The key of a publish or play, or `None` after telling the client
+    /// why its name was refused (see [`super::names`]).
+    fn valid_key(&mut self, stream: &str, stream_id: u32, publish: bool) -> Option<StreamKey> {
+        let app = self.session.app().unwrap_or_default().to_owned();
+        match super::names::stream_key(&app, stream) {
+            Ok(key) => Some(key),
+            Err(error) => {
+                let description = format!("Invalid name: {error}.");
+                if publish {
+                    self.session.reject_publish(
+                        stream_id,
+                        "NetStream.Publish.BadName",
+                        &description,
+                    );
+                } else {
+                    self.session.reject_play(
+                        stream_id,
+                        "NetStream.Play.StreamNotFound",
+                        &description,
+                    );
+                }
+                tracing::warn!(%error, publish, "refused: invalid app or stream name");
+                None
+            }
         }
-        if app.len() > 256 || stream.len() > 256 {
-            bail!("app or stream name longer than 256 bytes");
-        }
-        Ok(StreamKey::new(app, stream))
     }
 
     async fn publish(
