@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clients::{ClientGuard, ClientRole, Transport};
+use crate::hub::timestamps::TimestampSanitizer;
 use crate::hub::{encode_rtmp, HubItem, PublishError, PublisherInfo, StreamKey};
 use crate::rtmp::session::{ServerEvent, ServerSession, SessionConfig, PLAY_STREAM_ID};
 use anyhow::{anyhow, bail, Context as _};
@@ -296,6 +297,8 @@ impl Connection {
         tracing::info!(timeline = %info_timeline, "publish started");
 
         let idle = self.ctx.settings.publish_idle_timeout;
+        let mut timestamps = TimestampSanitizer::new(self.ctx.settings.timestamp_correction);
+        let publish_started = std::time::Instant::now();
         let (close_all, kick) = self.stop_tokens();
         let reconnect = self.ctx.shutdown.reconnect.clone();
         let mut asked_to_reconnect = false;
@@ -321,8 +324,14 @@ impl Connection {
                 match event {
                     ServerEvent::Media {
                         stream_id: media_stream,
-                        frame,
-                    } if media_stream == stream_id => publisher.push(frame),
+                        mut frame,
+                    } if media_stream == stream_id => {
+                        let arrival_ms = publish_started.elapsed().as_millis() as u64;
+                        if let Some(correction) = timestamps.sanitize(&mut frame, arrival_ms) {
+                            correction.report();
+                        }
+                        publisher.push(frame)
+                    }
                     ServerEvent::Unpublished { .. } => {
                         self.flush_session().await.ok();
                         return Ok("unpublished");

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{load_toml, overlay, ConfigError, HumanDuration};
+use crate::hub::timestamps::TimestampPolicy;
 use crate::hub::HubConfig;
 use clap::Args;
 use serde::{Deserialize, Serialize};
@@ -110,6 +111,13 @@ pub struct SettingsArgs {
     /// A player whose socket accepts no data for this long is disconnected. [default: 20s]
     #[arg(long, env = "BATON_PLAYER_WRITE_TIMEOUT")]
     pub player_write_timeout: Option<HumanDuration>,
+
+    /// Publisher timestamps: "correct" fixes a track that goes backwards, stands
+    /// still or leaps ahead (continuing from its last time plus its frame
+    /// interval; well-behaved streams pass untouched); "off" passes them as
+    /// sent (SRS time_jitter off). [default: correct]
+    #[arg(long, env = "BATON_TIMESTAMP_CORRECTION", value_enum)]
+    pub timestamp_correction: Option<TimestampPolicy>,
 }
 
 /// What players see when their stream's publisher is replaced.
@@ -145,6 +153,7 @@ pub struct Settings {
     pub republish: Republish,
     pub player_js_url: String,
     pub hub: HubConfig,
+    pub timestamp_correction: TimestampPolicy,
 }
 
 /// Where the viewer page loads mpegts.js from unless `player_js_url` says.
@@ -205,6 +214,7 @@ impl Settings {
                 write_coalesce: dur(a.write_coalesce, hub_defaults.write_coalesce),
                 ..hub_defaults
             },
+            timestamp_correction: a.timestamp_correction.unwrap_or_default(),
         };
         settings.validate()?;
         Ok(settings)
