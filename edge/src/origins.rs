@@ -66,6 +66,16 @@ impl Entry {
     }
 }
 
+/// What the origins' APIs said about one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lookup {
+    /// RTMP addresses of the origins that publish it.
+    pub holders: Vec<SocketAddr>,
+    /// Every origin that can serve was asked and answered: an empty
+    /// `holders` then means no origin has the stream.
+    pub complete: bool,
+}
+
 /// The shared origin table.
 #[derive(Clone)]
 pub struct Origins {
@@ -159,36 +169,57 @@ impl Origins {
     }
 
     /// The origins that publish `key` right now, by asking their APIs.
-    /// Not asked: origins without an API address, and those that just
-    /// failed (a frozen origin's API accepts and never answers: asking it
-    /// would cost a failover the whole lookup timeout).
     pub async fn holders(&self, key: &StreamKey) -> Vec<SocketAddr> {
+        self.lookup(key).await.holders
+    }
+
+    /// Which origins publish `key` right now, by asking their APIs, and
+    /// whether that answer is complete. Not asked: origins without an API
+    /// address (the answer is then incomplete), and those that just failed
+    /// (a frozen origin's API accepts and never answers: asking it would
+    /// cost a failover the whole lookup timeout; a failed origin cannot
+    /// serve the stream either).
+    pub async fn lookup(&self, key: &StreamKey) -> Lookup {
         let now = Instant::now();
-        let apis: Vec<(SocketAddr, SocketAddr)> = self
-            .entries()
-            .iter()
-            .filter(|e| e.health(now) != Health::Failed)
-            .filter_map(|e| Some((e.addr.rtmp, e.addr.api?)))
-            .collect();
+        let mut complete = true;
+        let mut apis: Vec<(SocketAddr, SocketAddr)> = Vec::new();
+        for entry in self.entries().iter() {
+            if entry.health(now) == Health::Failed {
+                continue;
+            }
+            match entry.addr.api {
+                Some(api) => apis.push((entry.addr.rtmp, api)),
+                None => complete = false,
+            }
+        }
         let lookups = apis.into_iter().map(|(rtmp, api)| async move {
-            let body = tokio::time::timeout(LOOKUP_TIMEOUT, api_get(api, "/api/v1/streams"))
+            let answer = tokio::time::timeout(LOOKUP_TIMEOUT, api_get(api, "/api/v1/streams"))
                 .await
-                .ok()?
-                .ok()?
-                .1;
-            let value: Value = serde_json::from_slice(&body).ok()?;
-            let publishes = value["streams"].as_array()?.iter().any(|s| {
-                s["app"] == key.app.as_str()
-                    && s["name"] == key.stream.as_str()
-                    && s["publish"]["active"] == true
+                .ok()
+                .and_then(Result::ok)
+                .filter(|(status, _)| *status == 200)
+                .and_then(|(_, body)| serde_json::from_slice::<Value>(&body).ok());
+            let Some(value) = answer else {
+                return (rtmp, None);
+            };
+            let publishes = value["streams"].as_array().map(|streams| {
+                streams.iter().any(|s| {
+                    s["app"] == key.app.as_str()
+                        && s["name"] == key.stream.as_str()
+                        && s["publish"]["active"] == true
+                })
             });
-            publishes.then_some(rtmp)
+            (rtmp, publishes)
         });
-        futures_util::future::join_all(lookups)
-            .await
-            .into_iter()
-            .flatten()
-            .collect()
+        let mut holders = Vec::new();
+        for (rtmp, publishes) in futures_util::future::join_all(lookups).await {
+            match publishes {
+                Some(true) => holders.push(rtmp),
+                Some(false) => {}
+                None => complete = false,
+            }
+        }
+        Lookup { holders, complete }
     }
 
     /// Probe every origin's `/readyz` until the edge exits.

@@ -30,6 +30,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use futures_util::future::BoxFuture;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::clients::ClientRegistry;
@@ -63,6 +64,11 @@ pub trait StreamDirectory: Send + Sync + 'static {
         false
     }
 
+    /// Where `key` is published, for a player that should not wait for a
+    /// stream nobody has (HTTP-FLV). The origin looks at its hub; the edge
+    /// at its hub, then asks the origins.
+    fn locate<'a>(&'a self, key: &'a StreamKey) -> BoxFuture<'a, Presence>;
+
     /// Role-specific state for the API: the edge lists its upstreams (which
     /// origin each stream comes from or goes to, since when, how many
     /// moves) and its origins' health. `None` for the origin.
@@ -80,6 +86,29 @@ impl StreamDirectory for Hub {
     fn subscribe(&self, key: &StreamKey, resume_after: Option<u32>) -> Subscriber {
         Hub::subscribe_resuming(self, key, resume_after)
     }
+
+    fn locate<'a>(&'a self, key: &'a StreamKey) -> BoxFuture<'a, Presence> {
+        let published = self.source(key).is_some_and(|s| s.is_publishing());
+        Box::pin(std::future::ready(if published {
+            Presence::Here
+        } else {
+            Presence::Absent
+        }))
+    }
+}
+
+/// What [`StreamDirectory::locate`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// Published on this node.
+    Here,
+    /// Published on an upstream this node can pull from.
+    Upstream,
+    /// Published nowhere this node knows of (every place was asked).
+    Absent,
+    /// Could not tell (an upstream without an API, or one that did not
+    /// answer): a player waits as for a stream that may come.
+    Unknown,
 }
 
 /// The query parameter an edge adds to its upstream play to resume after

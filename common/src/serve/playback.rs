@@ -60,6 +60,11 @@ impl Playback {
         }
     }
 
+    /// Wait this long for a publisher instead of `play_wait_timeout`.
+    pub fn set_play_wait_timeout(&mut self, wait: Duration) {
+        self.play_wait_timeout = wait;
+    }
+
     pub fn source(&self) -> &Arc<crate::hub::Source> {
         self.subscriber.source()
     }

@@ -72,7 +72,8 @@ pub struct SettingsArgs {
     /// Free a source this long after its last publisher and player left. [default: 3s]
     #[arg(long, env = "BATON_SOURCE_IDLE_TIMEOUT")]
     pub source_idle_timeout: Option<HumanDuration>,
-    /// How long a player may wait for a stream that is not published. [default: 10s]
+    /// How long a player may wait for a stream that is not published. [default: 10s
+    /// for RTMP; HTTP-FLV answers 404 at once unless this is set]
     #[arg(long, env = "BATON_PLAY_WAIT_TIMEOUT")]
     pub play_wait_timeout: Option<HumanDuration>,
     /// Cache the last GOP so players start on a keyframe at once. [default: true]
@@ -153,6 +154,9 @@ pub struct Settings {
     pub republish: Republish,
     pub player_js_url: String,
     pub hub: HubConfig,
+    /// How long an HTTP-FLV player waits for an unpublished stream:
+    /// `play_wait_timeout` when set, else 0 (404 at once, no source made).
+    pub http_flv_play_wait: Duration,
     pub timestamp_correction: TimestampPolicy,
 }
 
@@ -214,6 +218,7 @@ impl Settings {
                 write_coalesce: dur(a.write_coalesce, hub_defaults.write_coalesce),
                 ..hub_defaults
             },
+            http_flv_play_wait: dur(a.play_wait_timeout, Duration::ZERO),
             timestamp_correction: a.timestamp_correction.unwrap_or_default(),
         };
         settings.validate()?;
