@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use baton_common::hub::StreamKey;
+use baton_common::serve::api_auth::ApiToken;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -84,6 +85,8 @@ pub struct Origins {
 
 struct Inner {
     entries: Mutex<Vec<Entry>>,
+    /// Sent to the origins' APIs as a bearer token.
+    api_token: Option<ApiToken>,
     /// Woken on a failure, so DNS is asked again at once.
     failed: Notify,
 }
@@ -105,6 +108,7 @@ impl Origins {
         Origins {
             inner: Arc::new(Inner {
                 entries: Mutex::new(entries),
+                api_token: settings.origin_api_token.clone(),
                 failed: Notify::new(),
             }),
         }
@@ -192,13 +196,15 @@ impl Origins {
                 None => complete = false,
             }
         }
+        let token = self.inner.api_token.as_ref();
         let lookups = apis.into_iter().map(|(rtmp, api)| async move {
-            let answer = tokio::time::timeout(LOOKUP_TIMEOUT, api_get(api, "/api/v1/streams"))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .filter(|(status, _)| *status == 200)
-                .and_then(|(_, body)| serde_json::from_slice::<Value>(&body).ok());
+            let answer =
+                tokio::time::timeout(LOOKUP_TIMEOUT, api_get(api, "/api/v1/streams", token))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .filter(|(status, _)| *status == 200)
+                    .and_then(|(_, body)| serde_json::from_slice::<Value>(&body).ok());
             let Some(value) = answer else {
                 return (rtmp, None);
             };
@@ -233,10 +239,13 @@ impl Origins {
                 .iter()
                 .filter_map(|e| Some((e.addr.rtmp, e.addr.api?)))
                 .collect();
+            let token = self.inner.api_token.as_ref();
             let probes = apis.into_iter().map(|(rtmp, api)| async move {
                 (
                     rtmp,
-                    api_get(api, "/readyz").await.map(|(status, _)| status),
+                    api_get(api, "/readyz", token)
+                        .await
+                        .map(|(status, _)| status),
                 )
             });
             for (rtmp, result) in futures_util::future::join_all(probes).await {
@@ -346,10 +355,19 @@ fn build_resolver(
 
 /// `GET path` on an origin's API: (status, body). HTTP/1.1 with
 /// `Connection: close`, bounded in time and size.
-pub async fn api_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+pub async fn api_get(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&ApiToken>,
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    let authorization = token.map_or(String::new(), |t| {
+        format!("Authorization: Bearer {}\r\n", t.expose())
+    });
     tokio::time::timeout(API_TIMEOUT, async {
         let mut stream = TcpStream::connect(addr).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Connection: close\r\n\r\n"
+        );
         stream.write_all(request.as_bytes()).await?;
         let mut response = Vec::new();
         (&mut stream)

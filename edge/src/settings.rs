@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use baton_common::config::{overlay, ConfigError, HumanDuration};
+use baton_common::serve::api_auth::ApiToken;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
@@ -157,6 +158,13 @@ pub struct EdgeArgs {
     /// How often each origin's /readyz is probed. [default: 1s]
     #[arg(long, env = "BATON_HEALTH_INTERVAL")]
     pub health_interval: Option<HumanDuration>,
+    /// Bearer token sent to the origins' APIs (stream lookup, /readyz), for
+    /// origins whose API needs one. [default: this edge's own --api-token]
+    #[arg(long, env = "BATON_ORIGIN_API_TOKEN", hide_env_values = true)]
+    pub origin_api_token: Option<String>,
+    /// File whose first line is the origins' API token. [default: none]
+    #[arg(long, env = "BATON_ORIGIN_API_TOKEN_FILE")]
+    pub origin_api_token_file: Option<std::path::PathBuf>,
 }
 
 /// The resolved edge settings.
@@ -170,6 +178,9 @@ pub struct EdgeSettings {
     pub pull_linger: Duration,
     pub publish_buffer: Duration,
     pub health_interval: Duration,
+    /// Sent to the origins' APIs; `None` until [`EdgeSettings::resolve`]'s
+    /// caller falls back to the node's own token.
+    pub origin_api_token: Option<ApiToken>,
 }
 
 impl EdgeSettings {
@@ -200,6 +211,11 @@ impl EdgeSettings {
             pull_linger: dur(merged.pull_linger, Duration::from_secs(5)),
             publish_buffer: dur(merged.publish_buffer, Duration::from_secs(3)),
             health_interval: dur(merged.health_interval, Duration::from_secs(1)),
+            origin_api_token: match (&merged.origin_api_token, &merged.origin_api_token_file) {
+                (Some(token), _) => Some(ApiToken::new(token)?),
+                (None, Some(path)) => Some(ApiToken::from_file(path)?),
+                (None, None) => None,
+            },
         };
         if settings.origins.is_empty() && settings.origin_dns.is_none() {
             return Err(ConfigError::Setting {

@@ -14,6 +14,7 @@
 
 pub mod accept;
 pub mod api;
+pub mod api_auth;
 pub mod generations;
 pub mod http_flv;
 pub mod metrics;

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::api_auth::{require_token_off_loopback, ApiToken};
 use crate::config::{load_toml, overlay, ConfigError, HumanDuration};
 use crate::hub::timestamps::TimestampPolicy;
 use crate::hub::HubConfig;
@@ -119,6 +120,14 @@ pub struct SettingsArgs {
     /// sent (SRS time_jitter off). [default: correct]
     #[arg(long, env = "BATON_TIMESTAMP_CORRECTION", value_enum)]
     pub timestamp_correction: Option<TimestampPolicy>,
+    /// Bearer token of the HTTP API: needed for writes (DELETE), and for every
+    /// /api request when --api is not a loopback address (which refuses to
+    /// start without one). At least 16 characters. [default: none: writes disabled]
+    #[arg(long, env = "BATON_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// File whose first line is the API token (instead of --api-token). [default: none]
+    #[arg(long, env = "BATON_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
 }
 
 /// What players see when their stream's publisher is replaced.
@@ -158,6 +167,7 @@ pub struct Settings {
     /// `play_wait_timeout` when set, else 0 (404 at once, no source made).
     pub http_flv_play_wait: Duration,
     pub timestamp_correction: TimestampPolicy,
+    pub api_token: Option<ApiToken>,
 }
 
 /// Where the viewer page loads mpegts.js from unless `player_js_url` says.
@@ -220,6 +230,11 @@ impl Settings {
             },
             http_flv_play_wait: dur(a.play_wait_timeout, Duration::ZERO),
             timestamp_correction: a.timestamp_correction.unwrap_or_default(),
+            api_token: match (&a.api_token, &a.api_token_file) {
+                (Some(token), _) => Some(ApiToken::new(token)?),
+                (None, Some(path)) => Some(ApiToken::from_file(path)?),
+                (None, None) => None,
+            },
         };
         settings.validate()?;
         Ok(settings)
@@ -254,6 +269,7 @@ impl Settings {
                 "handshake, publish idle and player write timeouts must be non-zero",
             ));
         }
+        require_token_off_loopback(self.api, self.api_token.as_ref())?;
         for (name, addr) in [("rtmp", self.rtmp), ("http", self.http), ("api", self.api)] {
             if addr.port() == 0 {
                 return Err(ConfigError::Setting {
