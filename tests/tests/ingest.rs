@@ -313,6 +313,38 @@ async fn http_flv_of_an_unpublished_stream_is_404_at_once() {
     );
 }
 
+/// 3a. With the default (no wait for unpublished streams), an HTTP-FLV
+///     player of a live stream still waits for the next publisher when
+///     this one leaves: a republish from timestamp 0 continues its play.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_flv_players_still_wait_through_a_republish() {
+    let origin = Origin::start(&[]).await;
+    let url = origin.rtmp_url(APP, "again");
+    let mut first = Synth::standard();
+    let mut publisher1 = publisher(&url).await;
+    send_all(&mut publisher1, &first.headers())
+        .await
+        .expect("headers");
+    send_all(&mut publisher1, &first.gop()).await.expect("GOP");
+    let mut flv = flv_player(&origin.flv_url(APP, "again")).await;
+    publisher1.close().await.expect("unpublishing");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut second = Synth::starting_at(10_000);
+    let mut publisher2 = publisher(&url).await;
+    send_all(&mut publisher2, &second.headers())
+        .await
+        .expect("headers");
+    let sent = second.gops(2);
+    let last = sent.iter().rev().find_map(frame_index).expect("indexed");
+    let (published, got) = tokio::join!(
+        send_paced(&mut publisher2, &sent, Duration::from_millis(3)),
+        read_until_index(&mut flv, last, READ_LIMIT),
+    );
+    published.expect("republishing");
+    let got = got.expect("the FLV player got the republished stream");
+    assert_monotonic_per_track("FLV player across a republish", &got);
+}
+
 /// 3b. On an edge: a stream no origin has is 404 once the origins said
 ///     so; one an origin has is pulled on demand and played.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -262,23 +262,17 @@ async fn play(key: StreamKey, ctx: Arc<ServerContext>, guard: Arc<ClientGuard>) 
     span.record("stream", tracing::field::display(&key));
     span.record("role", "player");
     // A stream nobody publishes is a 404 at once (no source is made)
-    // unless the operator set a wait; one an upstream has is waited for.
-    let wait = match ctx.streams.locate(&key).await {
-        Presence::Here => ctx.settings.http_flv_play_wait,
-        Presence::Upstream | Presence::Unknown => ctx
-            .settings
-            .http_flv_play_wait
-            .max(ctx.settings.play_wait_timeout),
-        Presence::Absent if ctx.settings.http_flv_play_wait.is_zero() => {
-            tracing::info!("play refused: stream not published");
-            return text(StatusCode::NOT_FOUND, "stream not found\n");
-        }
-        Presence::Absent => ctx.settings.http_flv_play_wait,
-    };
+    // unless the operator set a wait. Once playing, the player waits
+    // play_wait_timeout for a next publisher like any other (a republish
+    // continues its timeline).
+    let absent = ctx.streams.locate(&key).await == Presence::Absent;
+    if absent && ctx.settings.http_flv_play_wait.is_zero() {
+        tracing::info!("play refused: stream not published");
+        return text(StatusCode::NOT_FOUND, "stream not found\n");
+    }
     guard.set_role(ClientRole::Player, Some(key.clone()));
     let subscriber = ctx.streams.subscribe(&key, None);
     let mut playback = Playback::new(&ctx, subscriber, guard.entry().kick.clone());
-    playback.set_play_wait_timeout(wait);
     // Hold the response until there is a publisher (bounded), so a missing
     // stream is a 404 rather than an empty 200.
     let mut first = Vec::new();

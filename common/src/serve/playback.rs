@@ -60,11 +60,6 @@ impl Playback {
         }
     }
 
-    /// Wait this long for a publisher instead of `play_wait_timeout`.
-    pub fn set_play_wait_timeout(&mut self, wait: Duration) {
-        self.play_wait_timeout = wait;
-    }
-
     pub fn source(&self) -> &Arc<crate::hub::Source> {
         self.subscriber.source()
     }
