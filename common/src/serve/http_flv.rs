@@ -245,6 +245,14 @@ async fn route(
     play(key, ctx, guard).await
 }
 
+/// Whether an older generation of this node is still draining after an
+/// upgrade: it may hold the stream, whose publisher is about to reconnect
+/// here, so a player waits (`play_wait_timeout`) rather than getting a 404.
+/// (Its control socket is removed when it exits.)
+fn older_generation_serves(ctx: &ServerContext) -> bool {
+    ctx.older_generations().iter().any(|path| path.exists())
+}
+
 fn flv_response(body: Body) -> Response<Body> {
     let mut response = Response::new(body);
     let headers = response.headers_mut();
@@ -266,7 +274,7 @@ async fn play(key: StreamKey, ctx: Arc<ServerContext>, guard: Arc<ClientGuard>) 
     // play_wait_timeout for a next publisher like any other (a republish
     // continues its timeline).
     let absent = ctx.streams.locate(&key).await == Presence::Absent;
-    if absent && ctx.settings.http_flv_play_wait.is_zero() {
+    if absent && ctx.settings.http_flv_play_wait.is_zero() && !older_generation_serves(&ctx) {
         tracing::info!("play refused: stream not published");
         return text(StatusCode::NOT_FOUND, "stream not found\n");
     }
