@@ -73,7 +73,11 @@ fn main() -> ExitCode {
     process::main(Role::Edge, command, || {
         let settings = Settings::resolve(&cli.settings)?;
         let file = cli.settings.with_file()?.edge;
-        let edge = EdgeSettings::resolve(&cli.edge, file.as_ref())?;
+        let mut edge = EdgeSettings::resolve(&cli.edge, file.as_ref())?;
+        // One token for a cluster unless the origins' is given apart.
+        if edge.origin_api_token.is_none() {
+            edge.origin_api_token = settings.api_token.clone();
+        }
         let origin_tls = origin_tls::OriginTls::new(&edge)?;
         Ok((settings.clone(), service(settings, edge, origin_tls)))
     })

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use baton_common::hub::StreamKey;
+use baton_common::serve::api_auth::ApiToken;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -66,6 +67,16 @@ impl Entry {
     }
 }
 
+/// What the origins' APIs said about one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lookup {
+    /// RTMP addresses of the origins that publish it.
+    pub holders: Vec<SocketAddr>,
+    /// Every origin that can serve was asked and answered: an empty
+    /// `holders` then means no origin has the stream.
+    pub complete: bool,
+}
+
 /// The shared origin table.
 #[derive(Clone)]
 pub struct Origins {
@@ -74,6 +85,8 @@ pub struct Origins {
 
 struct Inner {
     entries: Mutex<Vec<Entry>>,
+    /// Sent to the origins' APIs as a bearer token.
+    api_token: Option<ApiToken>,
     /// Woken on a failure, so DNS is asked again at once.
     failed: Notify,
 }
@@ -95,6 +108,7 @@ impl Origins {
         Origins {
             inner: Arc::new(Inner {
                 entries: Mutex::new(entries),
+                api_token: settings.origin_api_token.clone(),
                 failed: Notify::new(),
             }),
         }
@@ -159,42 +173,59 @@ impl Origins {
     }
 
     /// The origins that publish `key` right now, by asking their APIs.
-    ///
-    /// Every origin with an API is asked at once, each bounded by
-    /// [`LOOKUP_TIMEOUT`]. Origins that just failed are asked too (a killed
-    /// origin is often back within a second, and a publisher may already
-    /// have moved to it), but their answers are only waited for when no
-    /// healthy origin holds the stream: a frozen origin's API accepts and
-    /// never answers, and must not cost a failover the whole timeout.
     pub async fn holders(&self, key: &StreamKey) -> Vec<SocketAddr> {
+        self.lookup(key).await.holders
+    }
+
+    /// Which origins publish `key` right now, by asking their APIs, and
+    /// whether that answer is complete.
+    ///
+    /// Every origin with an API is asked at once. Origins that just failed
+    /// are asked too (a killed origin is often back within a second, and a
+    /// publisher may already have moved to it; an origin left for being too
+    /// slow still holds the stream), with the longer API bound, but their
+    /// answers are only waited for when no healthy origin holds the stream:
+    /// a frozen origin's API accepts and never answers, and must not cost a
+    /// failover anything. The answer is incomplete when an origin that could
+    /// serve has no API address or did not answer.
+    pub async fn lookup(&self, key: &StreamKey) -> Lookup {
         let now = Instant::now();
-        let (healthy, failed): (Vec<_>, Vec<_>) = self
-            .entries()
-            .iter()
-            .filter_map(|e| Some((e.addr.rtmp, e.addr.api?, e.health(now) == Health::Failed)))
-            .partition(|(_, _, failed)| !failed);
-        // A failed origin may be one that was only too slow (a long round
-        // trip, a throttled link): it still holds the stream, and is asked
-        // only when no healthy origin does, so it gets the longer bound.
-        let ask = |(rtmp, api, failed): (SocketAddr, SocketAddr, bool)| async move {
-            let bound = if failed { API_TIMEOUT } else { LOOKUP_TIMEOUT };
-            let body = tokio::time::timeout(bound, api_get(api, "/api/v1/streams"))
+        let mut complete = true;
+        let (mut healthy, mut failed) = (Vec::new(), Vec::new());
+        for entry in self.entries().iter() {
+            let is_failed = entry.health(now) == Health::Failed;
+            match (entry.addr.api, is_failed) {
+                (Some(api), false) => healthy.push((entry.addr.rtmp, api)),
+                (Some(api), true) => failed.push((entry.addr.rtmp, api)),
+                (None, false) => complete = false,
+                (None, true) => {}
+            }
+        }
+        let token = self.inner.api_token.as_ref();
+        let ask = |(rtmp, api): (SocketAddr, SocketAddr), bound: Duration| async move {
+            let answer = tokio::time::timeout(bound, api_get(api, "/api/v1/streams", token))
                 .await
-                .ok()?
-                .ok()?
-                .1;
-            let value: Value = serde_json::from_slice(&body).ok()?;
-            let publishes = value["streams"].as_array()?.iter().any(|s| {
-                s["app"] == key.app.as_str()
-                    && s["name"] == key.stream.as_str()
-                    && s["publish"]["active"] == true
+                .ok()
+                .and_then(Result::ok)
+                .filter(|(status, _)| *status == 200)
+                .and_then(|(_, body)| serde_json::from_slice::<Value>(&body).ok());
+            let publishes = answer.and_then(|value| {
+                value["streams"].as_array().map(|streams| {
+                    streams.iter().any(|s| {
+                        s["app"] == key.app.as_str()
+                            && s["name"] == key.stream.as_str()
+                            && s["publish"]["active"] == true
+                    })
+                })
             });
-            publishes.then_some(rtmp)
+            (rtmp, publishes)
         };
-        let mut healthy_answers =
-            std::pin::pin!(futures_util::future::join_all(healthy.into_iter().map(ask)));
-        let mut failed_answers =
-            std::pin::pin!(futures_util::future::join_all(failed.into_iter().map(ask)));
+        let mut healthy_answers = std::pin::pin!(futures_util::future::join_all(
+            healthy.into_iter().map(|o| ask(o, LOOKUP_TIMEOUT))
+        ));
+        let mut failed_answers = std::pin::pin!(futures_util::future::join_all(
+            failed.into_iter().map(|o| ask(o, API_TIMEOUT))
+        ));
         let mut failed_done = None;
         let healthy_done = loop {
             tokio::select! {
@@ -202,15 +233,26 @@ impl Origins {
                 answers = &mut failed_answers, if failed_done.is_none() => failed_done = Some(answers),
             }
         };
-        let holders: Vec<SocketAddr> = healthy_done.into_iter().flatten().collect();
-        if !holders.is_empty() {
-            return holders;
+        let mut holders = Vec::new();
+        for (rtmp, publishes) in healthy_done {
+            match publishes {
+                Some(true) => holders.push(rtmp),
+                Some(false) => {}
+                None => complete = false,
+            }
         }
-        let failed_done = match failed_done {
-            Some(answers) => answers,
-            None => failed_answers.await,
-        };
-        failed_done.into_iter().flatten().collect()
+        if holders.is_empty() {
+            let failed_done = match failed_done {
+                Some(answers) => answers,
+                None => failed_answers.await,
+            };
+            holders.extend(
+                failed_done
+                    .into_iter()
+                    .filter_map(|(rtmp, publishes)| (publishes == Some(true)).then_some(rtmp)),
+            );
+        }
+        Lookup { holders, complete }
     }
 
     /// Probe every origin's `/readyz` until the edge exits.
@@ -224,10 +266,13 @@ impl Origins {
                 .iter()
                 .filter_map(|e| Some((e.addr.rtmp, e.addr.api?)))
                 .collect();
+            let token = self.inner.api_token.as_ref();
             let probes = apis.into_iter().map(|(rtmp, api)| async move {
                 (
                     rtmp,
-                    api_get(api, "/readyz").await.map(|(status, _)| status),
+                    api_get(api, "/readyz", token)
+                        .await
+                        .map(|(status, _)| status),
                 )
             });
             for (rtmp, result) in futures_util::future::join_all(probes).await {
@@ -343,10 +388,19 @@ fn build_resolver(
 
 /// `GET path` on an origin's API: (status, body). HTTP/1.1 with
 /// `Connection: close`, bounded in time and size.
-pub async fn api_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+pub async fn api_get(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&ApiToken>,
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    let authorization = token.map_or(String::new(), |t| {
+        format!("Authorization: Bearer {}\r\n", t.expose())
+    });
     tokio::time::timeout(API_TIMEOUT, async {
         let mut stream = TcpStream::connect(addr).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Connection: close\r\n\r\n"
+        );
         stream.write_all(request.as_bytes()).await?;
         let mut response = Vec::new();
         (&mut stream)

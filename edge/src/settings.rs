@@ -8,6 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use baton_common::config::{overlay, ConfigError, HumanDuration};
+use baton_common::serve::api_auth::ApiToken;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
@@ -221,6 +222,13 @@ pub struct EdgeArgs {
     /// (`tls-name=`, or a HOST rather than an IP). [default: the origin's host or IP]
     #[arg(long, env = "BATON_ORIGIN_TLS_NAME")]
     pub origin_tls_name: Option<String>,
+    /// Bearer token sent to the origins' APIs (stream lookup, /readyz), for
+    /// origins whose API needs one. [default: this edge's own --api-token]
+    #[arg(long, env = "BATON_ORIGIN_API_TOKEN", hide_env_values = true)]
+    pub origin_api_token: Option<String>,
+    /// File whose first line is the origins' API token. [default: none]
+    #[arg(long, env = "BATON_ORIGIN_API_TOKEN_FILE")]
+    pub origin_api_token_file: Option<std::path::PathBuf>,
 }
 
 /// The resolved edge settings.
@@ -236,6 +244,9 @@ pub struct EdgeSettings {
     pub health_interval: Duration,
     pub origin_ca: Option<PathBuf>,
     pub origin_tls_name: Option<String>,
+    /// Sent to the origins' APIs; `None` until [`EdgeSettings::resolve`]'s
+    /// caller falls back to the node's own token.
+    pub origin_api_token: Option<ApiToken>,
 }
 
 impl EdgeSettings {
@@ -268,6 +279,11 @@ impl EdgeSettings {
             health_interval: dur(merged.health_interval, Duration::from_secs(1)),
             origin_ca: merged.origin_ca,
             origin_tls_name: merged.origin_tls_name,
+            origin_api_token: match (&merged.origin_api_token, &merged.origin_api_token_file) {
+                (Some(token), _) => Some(ApiToken::new(token)?),
+                (None, Some(path)) => Some(ApiToken::from_file(path)?),
+                (None, None) => None,
+            },
         };
         if settings.origins.is_empty() && settings.origin_dns.is_none() {
             return Err(ConfigError::Setting {

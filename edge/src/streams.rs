@@ -16,7 +16,8 @@ use std::time::Duration;
 use baton_common::hub::{Hub, PublishError, Publisher, PublisherInfo, StreamKey, Subscriber};
 use baton_common::lifecycle::Shutdown;
 use baton_common::serve::auth::AuthSettings;
-use baton_common::serve::StreamDirectory;
+use baton_common::serve::{Presence, StreamDirectory};
+use futures_util::future::BoxFuture;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -150,6 +151,22 @@ impl StreamDirectory for EdgeDirectory {
 
     fn unpublish_ends_play(&self) -> bool {
         true
+    }
+
+    fn locate<'a>(&'a self, key: &'a StreamKey) -> BoxFuture<'a, Presence> {
+        Box::pin(async move {
+            if self.core.hub.source(key).is_some_and(|s| s.is_publishing()) {
+                return Presence::Here;
+            }
+            let lookup = self.core.origins.lookup(key).await;
+            if !lookup.holders.is_empty() {
+                Presence::Upstream
+            } else if lookup.complete {
+                Presence::Absent
+            } else {
+                Presence::Unknown
+            }
+        })
     }
 
     fn upstreams_json(&self) -> Option<Value> {

@@ -83,7 +83,17 @@ pub async fn post(url: &str, body: &[u8]) -> anyhow::Result<HttpResponse> {
 
 /// One request on a fresh connection, bounded by [`REQUEST_TIMEOUT`].
 pub async fn request(method: &str, url: &str, body: Option<&[u8]>) -> anyhow::Result<HttpResponse> {
-    tokio::time::timeout(REQUEST_TIMEOUT, request_inner(method, url, body))
+    request_with_headers(method, url, &[], body).await
+}
+
+/// [`request`] with extra request headers (e.g. `Authorization`).
+pub async fn request_with_headers(
+    method: &str,
+    url: &str,
+    headers: &[(&str, String)],
+    body: Option<&[u8]>,
+) -> anyhow::Result<HttpResponse> {
+    tokio::time::timeout(REQUEST_TIMEOUT, request_inner(method, url, headers, body))
         .await
         .map_err(|_| anyhow!("{method} {url}: no complete response within {REQUEST_TIMEOUT:?}"))?
 }
@@ -91,6 +101,7 @@ pub async fn request(method: &str, url: &str, body: Option<&[u8]>) -> anyhow::Re
 async fn request_inner(
     method: &str,
     url: &str,
+    headers: &[(&str, String)],
     body: Option<&[u8]>,
 ) -> anyhow::Result<HttpResponse> {
     let (authority, path) = split_url(url)?;
@@ -98,6 +109,9 @@ async fn request_inner(
         .await
         .with_context(|| format!("connecting to {authority}"))?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
     if let Some(body) = body {
         req.push_str(&format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n",

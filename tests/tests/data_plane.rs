@@ -32,6 +32,7 @@ use tokio::sync::watch;
 
 const APP: &str = "live";
 const READ_LIMIT: Duration = Duration::from_secs(20);
+const API_TOKEN: &str = "data-plane-token-0123456789";
 
 fn last_index(frames: &[MediaFrame]) -> u32 {
     frames
@@ -874,7 +875,20 @@ async fn a_player_that_never_reads_is_disconnected() {
 ///    by id, and answers bad requests with JSON errors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_lists_streams_and_clients_and_kicks_players() {
-    let origin = Origin::start(&[]).await;
+    let origin = Origin::start(&["--api-token", API_TOKEN]).await;
+    // Writes need the token (reads on a loopback API do not).
+    let delete = |path: String| {
+        let url = origin.api_url(&path);
+        async move {
+            http::request_with_headers(
+                "DELETE",
+                &url,
+                &[("Authorization", format!("Bearer {API_TOKEN}"))],
+                None,
+            )
+            .await
+        }
+    };
     let url = origin.rtmp_url(APP, "api");
     let mut synth = Synth::standard();
     let headers = synth.headers();
@@ -925,7 +939,7 @@ async fn api_lists_streams_and_clients_and_kicks_players() {
 
     // Kick the RTMP player, then the FLV player.
     for (kind, id) in [("rtmp-play", rtmp_ids[0]), ("flv-play", flv_ids[0])] {
-        let response = http::delete(&origin.api_url(&format!("/api/v1/clients/{id}")))
+        let response = delete(format!("/api/v1/clients/{id}"))
             .await
             .expect("DELETE");
         assert_eq!(
@@ -949,13 +963,13 @@ async fn api_lists_streams_and_clients_and_kicks_players() {
         .expect("the kicked FLV player's connection is closed");
     wait_players(&origin, "api", 0).await;
 
-    let response = http::delete(&origin.api_url("/api/v1/clients/987654321"))
+    let response = delete("/api/v1/clients/987654321".into())
         .await
         .expect("DELETE");
     assert_eq!(response.status, 404, "{}", response.text());
     assert_eq!(response.header("content-type"), Some("application/json"));
     assert_eq!(response.json()["code"], 404);
-    let response = http::delete(&origin.api_url("/api/v1/clients/not-a-number"))
+    let response = delete("/api/v1/clients/not-a-number".into())
         .await
         .expect("DELETE");
     assert_eq!(response.status, 400, "{}", response.text());
@@ -963,6 +977,20 @@ async fn api_lists_streams_and_clients_and_kicks_players() {
     let response = http::post(&origin.api_url("/api/v1/streams"), b"{}")
         .await
         .expect("POST");
+    assert_eq!(
+        response.status,
+        401,
+        "a write without the token: {}",
+        response.text()
+    );
+    let response = http::request_with_headers(
+        "POST",
+        &origin.api_url("/api/v1/streams"),
+        &[("Authorization", format!("Bearer {API_TOKEN}"))],
+        Some(b"{}"),
+    )
+    .await
+    .expect("POST");
     assert_eq!(response.status, 405, "{}", response.text());
     assert_eq!(response.json()["code"], 405);
     let response = http::get(&origin.api_url("/api/v1/streams/987654321"))

@@ -710,6 +710,53 @@ async fn force_grace_quit_makes_sigterm_graceful() {
     findings.assert_none(&origin);
 }
 
+/// 5b. force_grace_quit: the first SIGTERM drains, a second one during
+///     that drain exits at once (what the docs and the log line promise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_grace_quit_second_sigterm_exits_at_once() {
+    let _serial = SERIAL.lock().await;
+    let mut origin = Origin::start(&[
+        "--force-grace-quit",
+        "--grace-start-wait",
+        "300ms",
+        "--grace-final-wait",
+        "300ms",
+    ])
+    .await;
+    let stream = "forced-twice";
+    let feed = start_feed(&origin, stream).await;
+    let rtmp = rtmp_watcher(&origin, stream, "RTMP player").await;
+    let mut findings = Findings::default();
+
+    origin.signal(Signal::SIGTERM);
+    let t0 = origin.signalled_at().expect("signalled");
+    tokio::time::sleep_until((t0 + Duration::from_millis(1000)).into()).await;
+    findings.check(origin.is_running(), || {
+        format!(
+            "the first SIGTERM with force_grace_quit ended the process: {:?}",
+            origin.try_exit_status()
+        )
+    });
+    findings
+        .still_served(&rtmp, 20, Duration::from_secs(1), "during the forced drain")
+        .await;
+    origin.signal(Signal::SIGTERM);
+    let t1 = origin.signalled_at().expect("signalled");
+    let (status, took) = origin.expect_exit(Duration::from_secs(10)).await;
+    eprintln!("second SIGTERM during a force_grace_quit drain: exited {status} after {took:?}");
+    findings.check(status.success(), || format!("exit status {status}"));
+    findings.check(took <= FAST_EXIT, || {
+        format!("second SIGTERM: exited after {took:?}, expected within {FAST_EXIT:?}")
+    });
+    let end = rtmp.wait_end(Duration::from_secs(3)).await;
+    let after = end.as_ref().and_then(|s| s.ended_after(t1));
+    findings.check(after.is_some_and(|d| d <= FAST_EXIT), || {
+        format!("the player saw the end {after:?} after the second SIGTERM")
+    });
+    drop(feed);
+    findings.assert_none(&origin);
+}
+
 /// 6. During a drain a second SIGQUIT is ignored (clients still served),
 ///    and a SIGTERM turns the drain into a fast exit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

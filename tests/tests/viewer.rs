@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use baton_common::rtmp::client::{ClientError, RtmpPublisher};
 use baton_tests::http;
 use baton_tests::play::{publisher, send_all};
 use baton_tests::synth::{Synth, SynthConfig};
@@ -25,25 +26,27 @@ async fn the_viewer_page_lists_published_streams_and_loads_the_configured_player
     );
     assert!(empty.text().contains("No live streams"), "{}", empty.text());
 
-    // A stream name a publisher chose to break out of the HTML.
+    // A stream name a publisher chose to break out of the HTML is refused
+    // at publish (serve::names); the page's own escaping is unit-tested in
+    // serve/viewer.rs.
     let hostile = "x\"><img src=y onerror=alert(1)>";
+    match RtmpPublisher::connect(&origin.rtmp_url("live", hostile)).await {
+        Err(ClientError::Status { code, .. }) => assert_eq!(code, "NetStream.Publish.BadName"),
+        Err(other) => panic!("hostile name: expected BadName, got {other}"),
+        Ok(_) => panic!("a hostile stream name was accepted"),
+    }
     let mut demo = publisher(&origin.rtmp_url("live", "demo")).await;
-    let mut evil = publisher(&origin.rtmp_url("live", hostile)).await;
     let mut synth = Synth::new(SynthConfig::default());
     let mut frames = synth.headers();
     frames.extend(synth.gop());
     send_all(&mut demo, &frames).await.expect("publishing demo");
-    send_all(&mut evil, &frames)
-        .await
-        .expect("publishing hostile");
 
     let page = eventually(Duration::from_secs(10), || async {
         let page = http::get(&root).await.ok()?;
-        let text = page.text();
-        (text.contains("live/demo") && text.contains("onerror")).then_some(page)
+        page.text().contains("live/demo").then_some(page)
     })
     .await
-    .expect("GET / lists both published streams");
+    .expect("GET / lists the published stream");
     let html = page.text();
     assert_eq!(page.status, 200);
     assert_eq!(page.header("access-control-allow-origin"), None);
@@ -58,12 +61,8 @@ async fn the_viewer_page_lists_published_streams_and_loads_the_configured_player
         "the page does not load the configured player_js_url: {html}"
     );
     assert!(
-        !html.contains("<img"),
+        !html.contains("<img") && !html.contains("onerror"),
         "a stream name became markup: {html}"
-    );
-    assert!(
-        html.contains("x&quot;&gt;&lt;img src=y onerror=alert(1)&gt;"),
-        "{html}"
     );
     assert_eq!(html.matches("<script").count(), 2, "{html}");
     assert!(html.contains("mpegts.createPlayer") && html.contains("window.baton"));
@@ -83,5 +82,5 @@ async fn the_viewer_page_lists_published_streams_and_loads_the_configured_player
         .await
         .expect("GET /index.html");
     assert_eq!(other.status, 404);
-    drop((demo, evil));
+    drop(demo);
 }

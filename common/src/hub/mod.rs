@@ -12,6 +12,7 @@
 mod frame;
 mod source;
 mod subscriber;
+pub mod timestamps;
 mod wakeup;
 
 use std::collections::HashMap;

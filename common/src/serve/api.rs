@@ -56,10 +56,8 @@ fn respond(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static(content_type),
     );
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        header::HeaderValue::from_static("*"),
-    );
+    // No Access-Control-Allow-Origin: a page in a browser may not read
+    // (or, without a preflight answer, write) the API.
     response
 }
 
@@ -75,6 +73,41 @@ async fn handle(req: Request<Incoming>, ctx: &ServerContext) -> Response<Full<By
     let path = req.uri().path().trim_end_matches('/').to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let method = req.method().clone();
+    let is_write = !matches!(method, Method::GET | Method::HEAD);
+    let access = super::api_auth::decide(
+        ctx.settings.api_token.as_ref(),
+        ctx.settings.api.ip().is_loopback(),
+        is_write,
+        &path,
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes()),
+    );
+    match access {
+        super::api_auth::Access::Allowed => {}
+        super::api_auth::Access::Unauthorized => {
+            metrics::counter!("baton_api_refused_total", "reason" => "unauthorized").increment(1);
+            tracing::warn!(%method, path = %req.uri().path(), "API request refused: no valid bearer token");
+            let mut response = error(
+                StatusCode::UNAUTHORIZED,
+                "this request needs Authorization: Bearer <api_token>",
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
+        super::api_auth::Access::WritesDisabled => {
+            metrics::counter!("baton_api_refused_total", "reason" => "writes_disabled")
+                .increment(1);
+            tracing::warn!(%method, path = %req.uri().path(), "API write refused: no api_token configured");
+            return error(
+                StatusCode::FORBIDDEN,
+                "API writes are disabled: start the node with --api-token and send Authorization: Bearer <token>",
+            );
+        }
+    }
     match (method.clone(), segments.as_slice()) {
         (Method::GET, ["healthz"]) => respond(StatusCode::OK, "text/plain", "ok\n"),
         (Method::GET, ["readyz"]) => {

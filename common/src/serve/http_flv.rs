@@ -31,7 +31,7 @@ use super::playback::{Playback, Step};
 use super::stall::{StallClock, StallIo};
 use super::tag_batch::TagBatch;
 use super::viewer;
-use super::ServerContext;
+use super::{Presence, ServerContext};
 
 type Body = BoxBody<TagBatch, Infallible>;
 
@@ -169,6 +169,12 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     response
 }
 
+fn text_owned(status: StatusCode, body: String) -> Response<Body> {
+    let mut response = text(status, "");
+    *response.body_mut() = Full::new(TagBatch::from(Bytes::from(body))).boxed();
+    response
+}
+
 /// `GET /`: the viewer page listing the streams published on this node.
 fn viewer_page(ctx: &ServerContext, head: bool) -> Response<Body> {
     let mut live: Vec<StreamKey> = ctx
@@ -199,15 +205,12 @@ fn viewer_page(ctx: &ServerContext, head: bool) -> Response<Body> {
     response
 }
 
-/// `/{app...}/{stream}.flv` → key.
-fn parse_path(path: &str) -> Option<StreamKey> {
+/// `/{app...}/{stream}.flv` → (app, stream), not yet validated.
+fn parse_path(path: &str) -> Option<(&str, &str)> {
     let path = path.strip_prefix('/')?;
     let (app, file) = path.rsplit_once('/')?;
     let stream = file.strip_suffix(".flv")?;
-    if app.is_empty() || stream.is_empty() || app.len() > 256 || stream.len() > 256 {
-        return None;
-    }
-    Some(StreamKey::new(app, stream))
+    Some((app, stream))
 }
 
 async fn route(
@@ -237,11 +240,18 @@ async fn route(
     if req.uri().path() == "/" {
         return viewer_page(&ctx, req.method() == Method::HEAD);
     }
-    let Some(key) = parse_path(req.uri().path()) else {
+    let Some((app, stream)) = parse_path(req.uri().path()) else {
         return text(
             StatusCode::NOT_FOUND,
             "not found: play URLs look like /{app}/{stream}.flv (the viewer page is /)\n",
         );
+    };
+    let key = match super::names::stream_key(app, stream) {
+        Ok(key) => key,
+        Err(error) => {
+            tracing::warn!(%error, "play refused: invalid app or stream name");
+            return text_owned(StatusCode::BAD_REQUEST, format!("invalid name: {error}\n"));
+        }
     };
     if req.method() == Method::HEAD {
         let published = ctx.hub.source(&key).is_some_and(|s| s.is_publishing());
@@ -283,6 +293,14 @@ async fn route(
     play(key, query, authorized, ctx, guard).await
 }
 
+/// Whether an older generation of this node is still draining after an
+/// upgrade: it may hold the stream, whose publisher is about to reconnect
+/// here, so a player waits (`play_wait_timeout`) rather than getting a 404.
+/// (Its control socket is removed when it exits.)
+fn older_generation_serves(ctx: &ServerContext) -> bool {
+    ctx.older_generations().iter().any(|path| path.exists())
+}
+
 fn flv_response(body: Body) -> Response<Body> {
     let mut response = Response::new(body);
     let headers = response.headers_mut();
@@ -305,6 +323,15 @@ async fn play(
     let span = tracing::Span::current();
     span.record("stream", tracing::field::display(&key));
     span.record("role", "player");
+    // A stream nobody publishes is a 404 at once (no source is made)
+    // unless the operator set a wait. Once playing, the player waits
+    // play_wait_timeout for a next publisher like any other (a republish
+    // continues its timeline).
+    let absent = ctx.streams.locate(&key).await == Presence::Absent;
+    if absent && ctx.settings.http_flv_play_wait.is_zero() && !older_generation_serves(&ctx) {
+        tracing::info!("play refused: stream not published");
+        return text(StatusCode::NOT_FOUND, "stream not found\n");
+    }
     guard.set_role(ClientRole::Player, Some(key.clone()));
     let subscriber = ctx
         .streams
@@ -384,16 +411,10 @@ mod tests {
 
     #[test]
     fn play_paths() {
-        assert_eq!(
-            parse_path("/live/cam.flv"),
-            Some(StreamKey::new("live", "cam"))
-        );
-        assert_eq!(
-            parse_path("/a/b/cam.flv"),
-            Some(StreamKey::new("a/b", "cam"))
-        );
+        assert_eq!(parse_path("/live/cam.flv"), Some(("live", "cam")));
+        assert_eq!(parse_path("/a/b/cam.flv"), Some(("a/b", "cam")));
         assert_eq!(parse_path("/live/cam"), None);
         assert_eq!(parse_path("/cam.flv"), None);
-        assert_eq!(parse_path("/live/.flv"), None);
+        assert_eq!(parse_path("/live/.flv"), Some(("live", "")));
     }
 }

@@ -14,10 +14,12 @@
 
 pub mod accept;
 pub mod api;
+pub mod api_auth;
 pub mod auth;
 pub mod generations;
 pub mod http_flv;
 pub mod metrics;
+pub mod names;
 pub mod playback;
 pub mod process;
 pub mod rtmp;
@@ -31,6 +33,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use futures_util::future::BoxFuture;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -94,6 +97,11 @@ pub trait StreamDirectory: Send + Sync + 'static {
         false
     }
 
+    /// Where `key` is published, for a player that should not wait for a
+    /// stream nobody has (HTTP-FLV). The origin looks at its hub; the edge
+    /// at its hub, then asks the origins.
+    fn locate<'a>(&'a self, key: &'a StreamKey) -> BoxFuture<'a, Presence>;
+
     /// Role-specific state for the API: the edge lists its upstreams (which
     /// origin each stream comes from or goes to, since when, how many
     /// moves) and its origins' health. `None` for the origin.
@@ -111,6 +119,29 @@ impl StreamDirectory for Hub {
     fn subscribe(&self, key: &StreamKey, resume_after: Option<u32>) -> Subscriber {
         Hub::subscribe_resuming(self, key, resume_after)
     }
+
+    fn locate<'a>(&'a self, key: &'a StreamKey) -> BoxFuture<'a, Presence> {
+        let published = self.source(key).is_some_and(|s| s.is_publishing());
+        Box::pin(std::future::ready(if published {
+            Presence::Here
+        } else {
+            Presence::Absent
+        }))
+    }
+}
+
+/// What [`StreamDirectory::locate`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// Published on this node.
+    Here,
+    /// Published on an upstream this node can pull from.
+    Upstream,
+    /// Published nowhere this node knows of (every place was asked).
+    Absent,
+    /// Could not tell (an upstream without an API, or one that did not
+    /// answer): a player waits as for a stream that may come.
+    Unknown,
 }
 
 /// The query parameter an edge adds to its upstream play to resume after

@@ -415,7 +415,9 @@ impl MainLoop {
                 signal = signals.recv() => {
                     tracing::info!(?signal, "signal received");
                     match signal {
-                        ProcessSignal::Terminate if self.ctx.settings.force_grace_quit => self.graceful("SIGTERM (force_grace_quit)"),
+                        // force_grace_quit makes the first SIGTERM a drain;
+                        // one during a drain (a second SIGTERM) exits at once.
+                        ProcessSignal::Terminate if self.ctx.settings.force_grace_quit && self.drain.is_none() => self.graceful("SIGTERM (force_grace_quit)"),
                         ProcessSignal::Terminate | ProcessSignal::Interrupt => {
                             self.fast_exit().await;
                             return;
@@ -451,7 +453,7 @@ impl MainLoop {
         if self.drain.is_some() {
             tracing::info!(
                 reason,
-                "already draining; signal ignored (SIGTERM/SIGINT exits at once)"
+                "already draining; signal ignored (SIGTERM or SIGINT exits at once)"
             );
             return;
         }

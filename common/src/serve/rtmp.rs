@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clients::{ClientGuard, ClientRole, Transport};
+use crate::hub::timestamps::TimestampSanitizer;
 use crate::hub::{encode_rtmp, HubItem, PublishError, PublisherInfo, StreamKey};
 use crate::rtmp::session::{ServerEvent, ServerSession, SessionConfig, PLAY_STREAM_ID};
 use anyhow::{anyhow, bail, Context as _};
@@ -120,6 +121,8 @@ enum Intent {
         relay: bool,
         query: Option<String>,
     },
+    /// Told why (an onStatus error) and done.
+    Refused(&'static str),
 }
 
 impl Connection {
@@ -171,6 +174,7 @@ impl Connection {
                 self.play(stream_id, key, resume_after, relay, query.as_deref())
                     .await
             }
+            Intent::Refused(reason) => Ok(reason),
         }
     }
 
@@ -194,9 +198,12 @@ impl Connection {
             return Ok(false);
         }
         self.guard.entry().add_bytes_in(n as u64);
-        self.session
-            .handle_input(&mut self.input)
-            .map_err(|e| anyhow!("protocol error: {e}"))?;
+        if let Err(error) = self.session.handle_input(&mut self.input) {
+            // The session queued what the peer can read about why
+            // (`_error` / an error onStatus): send it, briefly, then close.
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.flush_session()).await;
+            bail!("protocol error: {error}");
+        }
         Ok(true)
     }
 
@@ -229,7 +236,12 @@ impl Connection {
                         stream,
                         query,
                     } => {
-                        let key = self.stream_key(&stream)?;
+                        let Some(key) = self.valid_key(&stream, stream_id, true) else {
+                            self.flush_session().await?;
+                            return Ok(Some(Intent::Refused(
+                                "refused: invalid app or stream name",
+                            )));
+                        };
                         self.flush_session().await?;
                         return Ok(Some(Intent::Publish {
                             stream_id,
@@ -244,7 +256,12 @@ impl Connection {
                         stream,
                         query,
                     } => {
-                        let key = self.stream_key(&stream)?;
+                        let Some(key) = self.valid_key(&stream, stream_id, false) else {
+                            self.flush_session().await?;
+                            return Ok(Some(Intent::Refused(
+                                "refused: invalid app or stream name",
+                            )));
+                        };
                         self.flush_session().await?;
                         return Ok(Some(Intent::Play {
                             stream_id,
@@ -262,15 +279,31 @@ impl Connection {
         }
     }
 
-    fn stream_key(&self, stream: &str) -> anyhow::Result<StreamKey> {
-        let app = self.session.app().unwrap_or_default();
-        if app.is_empty() || stream.is_empty() {
-            bail!("empty app or stream name (app {app:?}, stream {stream:?})");
+    /// The key of a publish or play, or `None` after telling the client
+    /// why its name was refused (see [`super::names`]).
+    fn valid_key(&mut self, stream: &str, stream_id: u32, publish: bool) -> Option<StreamKey> {
+        let app = self.session.app().unwrap_or_default().to_owned();
+        match super::names::stream_key(&app, stream) {
+            Ok(key) => Some(key),
+            Err(error) => {
+                let description = format!("Invalid name: {error}.");
+                if publish {
+                    self.session.reject_publish(
+                        stream_id,
+                        "NetStream.Publish.BadName",
+                        &description,
+                    );
+                } else {
+                    self.session.reject_play(
+                        stream_id,
+                        "NetStream.Play.StreamNotFound",
+                        &description,
+                    );
+                }
+                tracing::warn!(%error, publish, "refused: invalid app or stream name");
+                None
+            }
         }
-        if app.len() > 256 || stream.len() > 256 {
-            bail!("app or stream name longer than 256 bytes");
-        }
-        Ok(StreamKey::new(app, stream))
     }
 
     async fn publish(
@@ -322,6 +355,8 @@ impl Connection {
         tracing::info!(timeline = %info_timeline, "publish started");
 
         let idle = self.ctx.settings.publish_idle_timeout;
+        let mut timestamps = TimestampSanitizer::new(self.ctx.settings.timestamp_correction);
+        let publish_started = std::time::Instant::now();
         let (close_all, kick) = self.stop_tokens();
         let reconnect = self.ctx.shutdown.reconnect.clone();
         let mut asked_to_reconnect = false;
@@ -347,8 +382,14 @@ impl Connection {
                 match event {
                     ServerEvent::Media {
                         stream_id: media_stream,
-                        frame,
-                    } if media_stream == stream_id => publisher.push(frame),
+                        mut frame,
+                    } if media_stream == stream_id => {
+                        let arrival_ms = publish_started.elapsed().as_millis() as u64;
+                        if let Some(correction) = timestamps.sanitize(&mut frame, arrival_ms) {
+                            correction.report();
+                        }
+                        publisher.push(frame)
+                    }
                     ServerEvent::Unpublished { .. } => {
                         self.flush_session().await.ok();
                         return Ok("unpublished");

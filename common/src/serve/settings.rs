@@ -8,8 +8,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::api_auth::{require_token_off_loopback, ApiToken};
 use super::tls::TlsSettings;
 use crate::config::{load_toml, overlay, ConfigError, HumanDuration};
+use crate::hub::timestamps::TimestampPolicy;
 use crate::hub::HubConfig;
 use crate::serve::auth::{self, AuthSettings};
 use clap::Args;
@@ -88,7 +90,8 @@ pub struct SettingsArgs {
     /// Free a source this long after its last publisher and player left. [default: 3s]
     #[arg(long, env = "BATON_SOURCE_IDLE_TIMEOUT")]
     pub source_idle_timeout: Option<HumanDuration>,
-    /// How long a player may wait for a stream that is not published. [default: 10s]
+    /// How long a player may wait for a stream that is not published. [default: 10s
+    /// for RTMP; HTTP-FLV answers 404 at once unless this is set]
     #[arg(long, env = "BATON_PLAY_WAIT_TIMEOUT")]
     pub play_wait_timeout: Option<HumanDuration>,
     /// Cache the last GOP so players start on a keyframe at once. [default: true]
@@ -154,6 +157,20 @@ pub struct SettingsArgs {
     /// A callback that fails (timeout, connection error, non-200): reject or allow the request. [default: reject]
     #[arg(long, env = "BATON_HOOK_FAILURE", value_enum)]
     pub hook_failure: Option<auth::HookFailure>,
+    /// Publisher timestamps: "correct" fixes a track that goes backwards, stands
+    /// still or leaps ahead (continuing from its last time plus its frame
+    /// interval; well-behaved streams pass untouched); "off" passes them as
+    /// sent (SRS time_jitter off). [default: correct]
+    #[arg(long, env = "BATON_TIMESTAMP_CORRECTION", value_enum)]
+    pub timestamp_correction: Option<TimestampPolicy>,
+    /// Bearer token of the HTTP API: needed for writes (DELETE), and for every
+    /// /api request when --api is not a loopback address (which refuses to
+    /// start without one). At least 16 characters. [default: none: writes disabled]
+    #[arg(long, env = "BATON_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// File whose first line is the API token (instead of --api-token). [default: none]
+    #[arg(long, env = "BATON_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
 }
 
 /// What players see when their stream's publisher is replaced.
@@ -193,6 +210,11 @@ pub struct Settings {
     pub hub: HubConfig,
     /// Signed URLs and callbacks (see `serve::auth`).
     pub auth: AuthSettings,
+    /// How long an HTTP-FLV player waits for an unpublished stream:
+    /// `play_wait_timeout` when set, else 0 (404 at once, no source made).
+    pub http_flv_play_wait: Duration,
+    pub timestamp_correction: TimestampPolicy,
+    pub api_token: Option<ApiToken>,
 }
 
 /// Where the viewer page loads mpegts.js from unless `player_js_url` says.
@@ -270,6 +292,13 @@ impl Settings {
                 a.hook_timeout,
                 a.hook_failure,
             )?,
+            http_flv_play_wait: dur(a.play_wait_timeout, Duration::ZERO),
+            timestamp_correction: a.timestamp_correction.unwrap_or_default(),
+            api_token: match (&a.api_token, &a.api_token_file) {
+                (Some(token), _) => Some(ApiToken::new(token)?),
+                (None, Some(path)) => Some(ApiToken::from_file(path)?),
+                (None, None) => None,
+            },
         };
         settings.validate()?;
         Ok(settings)
@@ -304,6 +333,7 @@ impl Settings {
                 "handshake, publish idle and player write timeouts must be non-zero",
             ));
         }
+        require_token_off_loopback(self.api, self.api_token.as_ref())?;
         if let Some(problem) = self.tls.problem() {
             return Err(bad("tls", problem));
         }

@@ -41,10 +41,12 @@ impl Link {
     ) -> Result<Option<(u32, RtmpMessage)>, SessionError> {
         while let Some(raw) = self.decoder.decode(input)? {
             let (type_id, stream_id) = (raw.type_id, raw.stream_id);
+            let payload = raw.payload.clone();
             let message = RtmpMessage::parse(raw).map_err(|source| SessionError::Message {
                 type_id,
                 stream_id,
                 source,
+                command: command_header(type_id, &payload),
             })?;
             match message {
                 RtmpMessage::SetChunkSize(size) => self.decoder.set_chunk_size(size)?,
@@ -69,6 +71,19 @@ impl Link {
             self.outbox.send(RtmpMessage::Acknowledgement { sequence });
         }
     }
+}
+
+/// The name and transaction id of an AMF0 command whose later values do
+/// not decode (they come first, so a too-deep object after them leaves them
+/// readable).
+fn command_header(type_id: u8, payload: &[u8]) -> Option<(String, f64)> {
+    if type_id != crate::rtmp::message::type_id::COMMAND_AMF0 {
+        return None;
+    }
+    let mut rest = payload;
+    let name = crate::amf0::decode(&mut rest).ok()?;
+    let transaction_id = crate::amf0::decode(&mut rest).ok()?;
+    Some((name.as_str()?.to_owned(), transaction_id.as_f64()?))
 }
 
 /// Counts received bytes and says when an Acknowledgement is due.

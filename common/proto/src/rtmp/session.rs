@@ -129,9 +129,15 @@ pub enum SessionError {
         stream_id: u32,
         #[source]
         source: MessageError,
+        /// A malformed command's name and transaction id, when those
+        /// still decode (so the peer can be told which call failed).
+        command: Option<(String, f64)>,
     },
     #[error("RTMP command '{command}' received before connect")]
-    NotConnected { command: String },
+    NotConnected {
+        command: String,
+        transaction_id: f64,
+    },
     #[error("second RTMP connect on the same connection")]
     AlreadyConnected,
     #[error("RTMP command '{command}' on message stream {stream_id}, which was never created")]
@@ -296,11 +302,59 @@ impl ServerSession {
 
     /// Consumes the handshake and then whole chunks from `input`; an
     /// incomplete chunk stays in `input` for the next call.
+    ///
+    /// On an error the connection must close; before that, the output holds
+    /// what the peer can read about why (see [`ServerSession::farewell`]):
+    /// the glue flushes it, then closes.
     pub fn handle_input(&mut self, input: &mut BytesMut) -> Result<(), SessionError> {
         let before = input.len();
         let result = self.process(input);
         self.link.count_received(before - input.len());
+        if let Err(error) = &result {
+            self.farewell(error);
+        }
         result
+    }
+
+    /// Queues the readable answer to a fatal error where the protocol has
+    /// one: `_error` for a command that carried a transaction id (a command
+    /// before `connect`, a command whose AMF0 is malformed, e.g. nested too
+    /// deep), otherwise an error `onStatus` on the connection (a bad chunk
+    /// size, an oversized message...). Nothing before the handshake is done
+    /// (the peer does not speak RTMP).
+    fn farewell(&mut self, error: &SessionError) {
+        if self.handshake.is_some() {
+            return;
+        }
+        let transaction = match error {
+            SessionError::NotConnected { transaction_id, .. } => Some(*transaction_id),
+            SessionError::Message {
+                command: Some((_, transaction_id)),
+                ..
+            } => Some(*transaction_id),
+            _ => None,
+        }
+        .filter(|tid| *tid > 0.0);
+        let description = match error {
+            SessionError::NotConnected { command, .. } => {
+                format!("Command '{command}' before connect; send connect first. Closing.")
+            }
+            other => format!("Protocol error: {other}. Closing."),
+        };
+        match transaction {
+            Some(tid) => self.reply_error(tid, "NetConnection.Call.Failed", &description),
+            None => self.send(RtmpMessage::command(
+                0,
+                "onStatus",
+                0.0,
+                Amf0Value::Null,
+                vec![info_object(
+                    "error",
+                    "NetConnection.Connect.Rejected",
+                    &description,
+                )],
+            )),
+        }
     }
 
     fn process(&mut self, input: &mut BytesMut) -> Result<(), SessionError> {
@@ -566,6 +620,7 @@ impl ServerSession {
         if known && self.app.is_none() {
             return Err(SessionError::NotConnected {
                 command: name.to_owned(),
+                transaction_id,
             });
         }
         match name {
@@ -1202,7 +1257,9 @@ mod tests {
             command(1, "publish", 0.0, vec![Amf0Value::string("x")]),
         )
         .unwrap_err();
-        assert!(matches!(err, SessionError::NotConnected { ref command } if command == "publish"));
+        assert!(
+            matches!(err, SessionError::NotConnected { ref command, .. } if command == "publish")
+        );
         let (mut server, mut encoder) = handshaken_server();
         assert!(send_to(
             &mut server,
@@ -1212,6 +1269,124 @@ mod tests {
         .is_err());
         let (mut server, mut encoder) = handshaken_server();
         assert!(send_to(&mut server, &mut encoder, command(1, "play", 0.0, vec![])).is_err());
+    }
+
+    /// What the server queued, decoded with the chunk size it used.
+    fn decode_output_at(server: &mut ServerSession, chunk_size: u32) -> Vec<RtmpMessage> {
+        let Some(bytes) = server.take_output() else {
+            return vec![];
+        };
+        let mut decoder = ChunkDecoder::new();
+        decoder.set_chunk_size(chunk_size).unwrap();
+        let mut buf = BytesMut::from(&bytes[..]);
+        std::iter::from_fn(|| decoder.decode(&mut buf).unwrap())
+            .map(|raw| RtmpMessage::parse(raw).unwrap())
+            .collect()
+    }
+
+    /// The (name, transaction id, level, code, description) of a command
+    /// carrying an info object.
+    fn status_of(message: &RtmpMessage) -> Option<(String, f64, String, String, String)> {
+        let RtmpMessage::Command {
+            name,
+            transaction_id,
+            args,
+            ..
+        } = message
+        else {
+            return None;
+        };
+        let info = args.first()?;
+        let text = |k: &str| {
+            info.get(k)
+                .and_then(Amf0Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        Some((
+            name.clone(),
+            *transaction_id,
+            text("level"),
+            text("code"),
+            text("description"),
+        ))
+    }
+
+    #[test]
+    fn play_before_connect_gets_an_error_reply_before_the_close() {
+        let (mut server, mut encoder) = handshaken_server();
+        let err = send_to(
+            &mut server,
+            &mut encoder,
+            command(1, "play", 4.0, vec![Amf0Value::string("x")]),
+        )
+        .unwrap_err();
+        assert!(matches!(err, SessionError::NotConnected { .. }));
+        let out = decode_output_at(&mut server, 128);
+        let (name, tid, level, code, description) = status_of(&out[0]).expect("a reply");
+        assert_eq!(
+            (name.as_str(), tid, level.as_str()),
+            ("_error", 4.0, "error")
+        );
+        assert_eq!(code, "NetConnection.Call.Failed");
+        assert!(
+            description.contains("'play' before connect"),
+            "{description}"
+        );
+        // Without a transaction id: an error onStatus instead.
+        let (mut server, mut encoder) = handshaken_server();
+        send_to(&mut server, &mut encoder, command(1, "play", 0.0, vec![])).unwrap_err();
+        let out = decode_output_at(&mut server, 128);
+        let (name, _, level, code, _) = status_of(&out[0]).expect("a status");
+        assert_eq!((name.as_str(), level.as_str()), ("onStatus", "error"));
+        assert_eq!(code, "NetConnection.Connect.Rejected");
+    }
+
+    #[test]
+    fn a_bad_chunk_size_is_explained_before_the_close() {
+        let (mut server, mut encoder) = connected_raw_server();
+        let err = send_to(&mut server, &mut encoder, RtmpMessage::SetChunkSize(0)).unwrap_err();
+        assert!(matches!(err, SessionError::Chunk(_)), "{err}");
+        let out = decode_output(&mut server);
+        let (name, _, level, code, description) = status_of(&out[0]).expect("a status");
+        assert_eq!((name.as_str(), level.as_str()), ("onStatus", "error"));
+        assert_eq!(code, "NetConnection.Connect.Rejected");
+        assert!(description.contains("chunk size"), "{description}");
+    }
+
+    #[test]
+    fn too_deep_amf0_in_a_command_gets_an_error_reply() {
+        let (mut server, mut encoder) = connected_raw_server();
+        let mut payload = vec![0x02, 0x00, 0x04];
+        payload.extend_from_slice(b"play");
+        payload.push(0x00);
+        payload.extend_from_slice(&5.0f64.to_be_bytes());
+        for _ in 0..100 {
+            payload.extend_from_slice(&[0x03, 0x00, 0x01, b'a']);
+        }
+        payload.push(0x05);
+        for _ in 0..100 {
+            payload.extend_from_slice(&[0x00, 0x00, 0x09]);
+        }
+        let raw = RawMessage {
+            csid: 3,
+            timestamp: 0,
+            type_id: type_id::COMMAND_AMF0,
+            stream_id: 0,
+            payload: Bytes::from(payload),
+        };
+        let mut input = BytesMut::new();
+        encoder.encode(&raw, &mut input);
+        let err = server.handle_input(&mut input).unwrap_err();
+        assert!(
+            matches!(err, SessionError::Message { command: Some((ref n, t)), .. } if n == "play" && t == 5.0),
+            "{err:?}"
+        );
+        let out = decode_output(&mut server);
+        let (name, tid, _, code, description) = status_of(&out[0]).expect("a reply");
+        assert_eq!((name.as_str(), tid), ("_error", 5.0));
+        assert_eq!(code, "NetConnection.Call.Failed");
+        assert!(description.contains("Protocol error"), "{description}");
     }
 
     fn connected_raw_server() -> (ServerSession, ChunkEncoder) {
