@@ -151,6 +151,10 @@ impl Subscriber {
                             continue;
                         }
                     }
+                    // Metadata goes out with the headers at the keyframe
+                    // (they carry the latest); passing it now as well would
+                    // deliver it twice.
+                    HubItem::Frame(f) if f.frame.is_metadata() => continue,
                     HubItem::Frame(f) if state.has_video || f.frame.is_video() => {
                         self.frames_dropped += 1;
                         metrics::counter!("baton_player_frames_dropped_total").increment(1);
