@@ -24,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
 use super::accept::{accept_loop, ListenerKind};
+use super::limits;
 use super::playback::{Playback, Step};
 use super::stall::{StallClock, StallIo};
 use super::tag_batch::TagBatch;
@@ -70,7 +71,7 @@ async fn handle_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerC
         let reason = drive(conn, &ctx, &guard, &clock).await;
         let bytes = clock.bytes_written();
         guard.entry().add_bytes_out(bytes);
-        tracing::info!(reason, bytes_out = bytes, "disconnected");
+        limits::disconnects::http_ended(guard.entry(), reason, bytes);
     }
     .instrument(span)
     .await
@@ -251,6 +252,12 @@ async fn play(key: StreamKey, ctx: Arc<ServerContext>, guard: Arc<ClientGuard>) 
     let span = tracing::Span::current();
     span.record("stream", tracing::field::display(&key));
     span.record("role", "player");
+    if limits::check_new_stream(&ctx, &key, guard.entry().peer.ip()).is_err() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many streams on this server (max_streams)\n",
+        );
+    }
     guard.set_role(ClientRole::Player, Some(key.clone()));
     let subscriber = ctx.streams.subscribe(&key, None);
     let mut playback = Playback::new(&ctx, subscriber, guard.entry().kick.clone());

@@ -16,6 +16,7 @@ pub mod accept;
 pub mod api;
 pub mod generations;
 pub mod http_flv;
+pub mod limits;
 pub mod metrics;
 pub mod playback;
 pub mod process;
@@ -116,6 +117,8 @@ pub struct ServerContext {
     /// Where streams come from and go to (see [`StreamDirectory`]).
     pub streams: Arc<dyn StreamDirectory>,
     pub clients: ClientRegistry,
+    /// Who may connect (see [`limits::admission`]).
+    pub admission: limits::Admission,
     pub shutdown: Shutdown,
     pub metrics: PrometheusHandle,
     /// 1 for a fresh start, predecessor + 1 after an upgrade.
@@ -136,12 +139,14 @@ impl ServerContext {
         generation: u64,
         older_generations: Vec<PathBuf>,
     ) -> Self {
+        let admission = limits::Admission::new(settings.limits.admission(settings.max_connections));
         ServerContext {
             role,
             settings,
             hub,
             streams,
             clients: ClientRegistry::new(),
+            admission,
             shutdown,
             metrics,
             generation,

@@ -262,6 +262,8 @@ async fn start(
     ));
     let handover_copies = start_servers(&ctx, listeners)?;
     let reaper = hub.spawn_reaper();
+    let governor = super::limits::governor::spawn(ctx.clone());
+    let warnings = super::limits::warnings::spawn_flusher();
 
     if let Some(from) = &upgrade_from {
         send_ready(from, pid).await.with_context(|| {
@@ -298,6 +300,8 @@ async fn start(
     main_loop.run(&mut signals, control_rx).await;
 
     reaper.abort();
+    governor.abort();
+    warnings.abort();
     if let Some(pid_file) = &settings.pid_file {
         let _ = PidFile::remove_if_ours(pid_file, pid);
     }

@@ -9,6 +9,7 @@
 
 use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::accept::{accept_loop, ListenerKind};
+use super::limits;
 use super::playback::{Playback, Step};
 use super::ServerContext;
 
@@ -52,10 +54,9 @@ async fn handle_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerC
     async move {
         tracing::debug!("connected");
         let _ = stream.set_nodelay(true);
-        match Connection::new(stream, guard, ctx).run().await {
-            Ok(reason) => tracing::info!(reason, "disconnected"),
-            Err(error) => tracing::warn!(error = format!("{error:#}"), "disconnected"),
-        }
+        let entry = guard.entry().clone();
+        let outcome = Connection::new(stream, guard, ctx).run().await;
+        limits::disconnects::rtmp_ended(&entry, &outcome);
     }
     .instrument(span)
     .await
@@ -68,6 +69,7 @@ struct Connection {
     session: ServerSession,
     guard: ClientGuard,
     ctx: Arc<ServerContext>,
+    input_charge: limits::InputCharge,
 }
 
 /// What the client asked for once connected.
@@ -100,6 +102,7 @@ impl Connection {
             }),
             guard,
             ctx,
+            input_charge: limits::InputCharge::default(),
         }
     }
 
@@ -142,6 +145,10 @@ impl Connection {
 
     /// Read until the session has the bytes it wants written, flushing them.
     async fn read_some(&mut self) -> anyhow::Result<bool> {
+        // One read per turn: a peer sending as fast as its socket allows
+        // must not keep other connections' tasks from running.
+        tokio::task::yield_now().await;
+        limits::memory_backpressure(self.input_charge.amount()).await;
         self.input.reserve(READ_CHUNK);
         let n = self
             .reader
@@ -155,6 +162,8 @@ impl Connection {
         self.session
             .handle_input(&mut self.input)
             .map_err(|e| anyhow!("protocol error: {e}"))?;
+        let buffered = self.input.len() + self.session.buffered_input();
+        self.input_charge.update(self.guard.entry(), buffered);
         Ok(true)
     }
 
@@ -245,6 +254,12 @@ impl Connection {
             peer: self.guard.entry().peer,
             timeline: info_timeline.clone(),
         };
+        if let Err(description) = limits::check_new_stream(&self.ctx, &key, info.peer.ip()) {
+            self.session
+                .reject_publish(stream_id, "NetStream.Publish.Rejected", &description);
+            self.flush_session().await?;
+            return Ok("publish refused: max_streams");
+        }
         let publisher = match self.ctx.streams.publish(key.clone(), info) {
             Ok(publisher) => publisher,
             Err(PublishError::AlreadyPublishing(_)) => {
@@ -267,6 +282,8 @@ impl Connection {
         let (close_all, kick) = self.stop_tokens();
         let reconnect = self.ctx.shutdown.reconnect.clone();
         let mut asked_to_reconnect = false;
+        let bytes_in = |c: &Self| c.guard.entry().bytes_in.load(Ordering::Relaxed);
+        let mut rate = limits::PublishRate::new(&self.ctx, bytes_in(&self));
         loop {
             let more = tokio::select! {
                 r = tokio::time::timeout(idle, self.read_some()) => match r {
@@ -284,6 +301,18 @@ impl Connection {
             };
             if !more {
                 return Ok("publisher closed the connection");
+            }
+            if let Err(over) = rate.check(bytes_in(&self)) {
+                let description = format!("{over}; disconnected");
+                self.session.send_status(
+                    stream_id,
+                    "error",
+                    "NetStream.Publish.Rejected",
+                    &description,
+                );
+                self.flush_session().await.ok();
+                tracing::warn!(%over, "publisher disconnected: over max_publish_kbps");
+                return Ok("publisher over max_publish_kbps");
             }
             while let Some(event) = self.session.poll_event() {
                 match event {
@@ -322,6 +351,14 @@ impl Connection {
         let span = tracing::Span::current();
         span.record("stream", tracing::field::display(&key));
         span.record("role", "player");
+        if let Err(description) =
+            limits::check_new_stream(&self.ctx, &key, self.guard.entry().peer.ip())
+        {
+            self.session
+                .reject_play(stream_id, "NetStream.Play.Failed", &description);
+            self.flush_session().await?;
+            return Ok("play refused: max_streams");
+        }
         self.guard.set_role(ClientRole::Player, Some(key.clone()));
         let mut subscriber = self.ctx.streams.subscribe(&key, resume_after);
         if relay {
