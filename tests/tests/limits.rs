@@ -791,3 +791,50 @@ async fn max_streams_refuses_the_next_stream() {
         .await
         .expect("an existing stream still plays");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_edge_applies_the_same_limits() {
+    let _serial = SERIAL.lock().await;
+    const PER_IP: usize = 50;
+    let origin = Origin::start(&[]).await;
+    let edge = Origin::start_edge(
+        &[&origin],
+        &[
+            "--per-ip-max-connections",
+            &PER_IP.to_string(),
+            "--per-ip-accept-burst",
+            "100",
+        ],
+    )
+    .await;
+    // The honest stream is published to the edge and played from it.
+    let honest = Honest::start(&edge).await;
+    let start = Instant::now();
+    let (rtmp, http_conns) = tokio::join!(
+        flood_apart(edge.rtmp_addr(), 400, 100),
+        flood_apart(edge.http_addr(), 400, 100)
+    );
+    let attempted = rtmp.len() + http_conns.len();
+    let late = Watcher::flv("late flv", flv_player(&edge.flv_url(APP, "honest")).await);
+    late.wait_frames(10, Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|seen| panic!("no late player through the edge: {seen:?}"));
+    let streams: Vec<_> = rtmp.into_iter().chain(http_conns).collect();
+    let held = apart(move || still_open(streams, Duration::from_millis(500))).await;
+    let end = Instant::now();
+    let refused = metric(
+        &edge,
+        "baton_connections_refused_total",
+        &["reason=\"per-ip-"],
+    )
+    .await;
+    println!(
+        "edge flood: {attempted} attempted, {held} held (per-ip limit {PER_IP}), {refused} refused"
+    );
+    honest.assert_played_through(start, end, "a connection flood on the edge");
+    assert!(held <= PER_IP, "{held} held on the edge, limit {PER_IP}");
+    assert!(
+        refused as usize >= attempted - PER_IP,
+        "{refused} refused of {attempted}"
+    );
+}
