@@ -838,3 +838,54 @@ async fn an_edge_applies_the_same_limits() {
         "{refused} refused of {attempted}"
     );
 }
+
+/// The outside probe's flood replayed against a node with the default
+/// limits: 19,000 idle connections from one address (they held 18,023
+/// slots before the limits existed, and every new client was reset until
+/// the handshake timeout freed them). Heavy (19,000 sockets in this
+/// process): `cargo test -p baton-tests --test limits -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn the_probes_flood_with_default_limits() {
+    let _serial = SERIAL.lock().await;
+    let node = Origin::start(&[]).await;
+    let honest = Honest::start(&node).await;
+    let lines_before = log_lines(&node);
+    let sampler = Sampler::start(node.pid());
+    let start = Instant::now();
+    let (rtmp, http_conns) = tokio::join!(
+        flood_apart(node.rtmp_addr(), 12_000, 300),
+        flood_apart(node.http_addr(), 7_000, 200)
+    );
+    let attempted = rtmp.len() + http_conns.len();
+    let flood_took = start.elapsed();
+    let late = Watcher::rtmp(
+        "late rtmp",
+        rtmp_player(&node.rtmp_url(APP, "honest")).await,
+    );
+    late.wait_frames(10, Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|seen| panic!("no new honest player during the flood: {seen:?}"));
+    let streams: Vec<_> = rtmp.into_iter().chain(http_conns).collect();
+    let held = apart(move || still_open(streams, Duration::from_millis(500))).await;
+    let end = Instant::now();
+    let peak = sampler.stop().await;
+    let gap = honest.longest_gap(start, end);
+    let refused = metric(&node, "baton_connections_refused_total", &[]).await;
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let lines = log_lines(&node) - lines_before;
+    println!(
+        "probe flood (default limits): {attempted} connections from {ATTACKER} in {flood_took:?}; \
+         {held} held, {refused} refused; honest players' longest gap {gap:?}; \
+         server peak RSS {:.1} MiB, CPU {:.2} cores; {lines} log lines",
+        peak.rss_mib, peak.cpu_cores
+    );
+    assert!(held <= limits_default_per_ip(), "{held} held");
+    assert!(lines <= 60, "{lines} log lines");
+    honest.assert_played_through(start, end, "the probe's flood");
+}
+
+/// `per_ip_max_connections`' default.
+fn limits_default_per_ip() -> usize {
+    baton_common::serve::limits::DEFAULT_PER_IP_MAX_CONNECTIONS
+}
