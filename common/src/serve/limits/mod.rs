@@ -268,6 +268,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn settings_from_a_file_and_their_defaults() {
+        use crate::serve::settings::{Settings, SettingsArgs};
+        let defaults = Settings::resolve(&SettingsArgs::default()).unwrap();
+        assert_eq!(defaults.limits, LimitSettings::default());
+        assert_eq!(defaults.limits.memory_budget, 1024 * 1024 * 1024);
+
+        let dir = std::env::temp_dir().join(format!("baton-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("origin.toml");
+        std::fs::write(
+            &path,
+            "memory_budget = \"512MiB\"\nper_ip_exempt = \"none\"\nmax_publish_kbps = 0\n\
+             per_ip_accept_rate = 5.5\nmax_streams = 3\n",
+        )
+        .unwrap();
+        let args = SettingsArgs {
+            config: Some(path.clone()),
+            per_ip_max_connections: Some(7),
+            ..SettingsArgs::default()
+        };
+        let limits = Settings::resolve(&args).unwrap().limits;
+        assert_eq!(limits.memory_budget, 512 * 1024 * 1024);
+        assert!(limits.per_ip_exempt.is_empty());
+        assert_eq!(limits.bitrate_cap(), None);
+        assert_eq!(limits.per_ip_accept_rate, 5.5);
+        assert_eq!(limits.max_streams, 3);
+        assert_eq!(limits.per_ip_max_connections, 7);
+
+        std::fs::write(&path, "memory_budget = \"1MiB\"\n").unwrap();
+        let err = Settings::resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("memory_budget"), "{err}");
+        std::fs::write(&path, "per_ip_exempt = \"10.0.0.1,localhost\"\n").unwrap();
+        let err = Settings::resolve(&args).unwrap_err().to_string();
+        assert!(
+            err.contains("per_ip_exempt") && err.contains("localhost"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
     fn exempt_lists() {
         assert_eq!(
             parse_exempt(DEFAULT_PER_IP_EXEMPT).unwrap(),
