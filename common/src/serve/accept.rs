@@ -12,6 +12,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::{limits, ServerContext};
 
+/// Connections accepted (or refused) before the loop lets other tasks run.
+const ACCEPTS_PER_TURN: u32 = 16;
+
 /// Accept until `stop_accepting` fires, spawning `handle(stream, peer,
 /// ctx)` per connection.
 /// The listener is returned to the caller's scope only by being dropped
@@ -43,7 +46,15 @@ pub async fn accept_loop<F, Fut>(
         ListenerKind::Clients => ctx.shutdown.stop_accepting.clone(),
         ListenerKind::Api => ctx.shutdown.stop_api.clone(),
     };
+    let mut since_yield = 0u32;
     loop {
+        // A flood keeps the listener ready without end: give the other
+        // tasks (players, publishers) a turn every few accepts.
+        since_yield += 1;
+        if since_yield >= ACCEPTS_PER_TURN {
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
         let accepted = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
