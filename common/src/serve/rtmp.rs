@@ -187,7 +187,10 @@ impl Connection {
             while let Some(event) = self.session.poll_event() {
                 match event {
                     ServerEvent::Connected { app, tc_url } => {
-                        tracing::info!(app, tc_url = tc_url.as_deref().unwrap_or(""), "connect");
+                        // Debug: a peer can connect and idle as often as
+                        // the accept rate lets it; "publish started" /
+                        // "play started" carry the stream at info.
+                        tracing::debug!(app, tc_url = tc_url.as_deref().unwrap_or(""), "connect");
                     }
                     ServerEvent::PublishRequested {
                         stream_id,
