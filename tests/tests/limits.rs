@@ -511,10 +511,12 @@ async fn partial_messages(
     tokio::time::timeout(limit, run).await.unwrap_or(usize::MAX)
 }
 
-/// 20 publishers of 1 MiB video frames for `secs` (a keyframe, then inter
-/// frames: the GOP grows until it is too large to cache, then the backlog
-/// bound applies); returns the frames sent.
+/// 20 publishers of 1 MiB video frames, 5 a second each (40 Mbit/s, under
+/// the default bitrate cap; 100 MiB/s in all) for `secs` (a keyframe, then
+/// inter frames: the GOP grows until it is too large to cache, then the
+/// backlog bound applies); returns the frames sent.
 async fn big_publishers(node: &Origin, secs: u64) -> u64 {
+    const FPS: u32 = 5;
     let urls: Vec<String> = (0..20)
         .map(|i| node.rtmp_url(APP, &format!("big{i}")))
         .collect();
@@ -526,19 +528,27 @@ async fn big_publishers(node: &Origin, secs: u64) -> u64 {
                     return 0u64;
                 };
                 let mut payload = vec![0u8; MIB];
+                payload[..2].copy_from_slice(&[0x17, 1]);
+                let keyframe = Bytes::copy_from_slice(&payload);
+                payload[0] = 0x27;
+                let inter = Bytes::from(payload);
                 let mut sent = 0u64;
-                let until = Instant::now() + Duration::from_secs(secs);
+                let started = Instant::now();
                 let mut ts = 0u32;
-                while Instant::now() < until {
-                    payload[0] = if sent == 0 { 0x17 } else { 0x27 };
-                    payload[1] = 1;
-                    let frame =
-                        MediaFrame::new(MediaKind::Video, ts, Bytes::copy_from_slice(&payload));
+                while started.elapsed() < Duration::from_secs(secs) {
+                    let payload = if sent == 0 { &keyframe } else { &inter };
+                    let frame = MediaFrame::new(MediaKind::Video, ts, payload.clone());
                     if publisher.send(&frame).await.is_err() || publisher.flush().await.is_err() {
                         break;
                     }
                     sent += 1;
-                    ts += 33;
+                    ts += 1000 / FPS;
+                    // Paced: the point is the memory the frames take, not
+                    // how much a debug build on a shared machine can copy.
+                    let due = Duration::from_millis(u64::from(ts));
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        tokio::time::sleep(wait).await;
+                    }
                 }
                 sent
             });
