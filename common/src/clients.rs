@@ -89,6 +89,8 @@ pub struct ClientEntry {
     stream: Mutex<Option<StreamKey>>,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// Input buffered and not yet decoded (RTMP), in the memory ledger.
+    pub input_buffered: AtomicU64,
     /// Cancelled to kick this client (API `DELETE`).
     pub kick: CancellationToken,
 }
@@ -184,6 +186,7 @@ impl ClientRegistry {
             stream: Mutex::new(None),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            input_buffered: AtomicU64::new(0),
             kick: CancellationToken::new(),
         });
         let count = {

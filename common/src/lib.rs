@@ -13,6 +13,7 @@ pub mod config;
 pub mod handover;
 pub mod hub;
 pub mod lifecycle;
+pub mod memory;
 pub mod rtmp;
 pub mod sdnotify;
 pub mod serve;

@@ -188,6 +188,11 @@ impl Hub {
         self.sources().len()
     }
 
+    /// Every source now (for the memory governor).
+    pub fn sources_snapshot(&self) -> Vec<Arc<Source>> {
+        self.sources().values().cloned().collect()
+    }
+
     pub fn stats(&self) -> Vec<SourceStats> {
         let sources: Vec<Arc<Source>> = self.sources().values().cloned().collect();
         let mut stats: Vec<SourceStats> = sources.iter().map(|s| s.stats()).collect();

@@ -19,7 +19,15 @@ use super::frame::SharedFrame;
 use super::wakeup::Wakeup;
 use super::{HubConfig, StreamKey};
 use crate::media::{AudioCodec, MediaFrame, MediaKind, VideoCodec};
+use crate::memory::{Charge, Pool};
 use crate::splice::{Splicer, Verdict};
+
+/// Over the memory budget a source keeps no more than this many frames
+/// before its GOP start (or, without one, in all)...
+pub const LIVE_EDGE_FRAMES: usize = 64;
+/// ...and no more than this many bytes: what a player at the live edge
+/// may not have read yet (a write window and a scheduling delay).
+pub const LIVE_EDGE_BYTES: usize = 1024 * 1024;
 
 /// What players read from a source, in order.
 #[derive(Debug, Clone)]
@@ -73,6 +81,8 @@ pub(crate) struct SourceState {
     pub rate_in: RateMeter,
     /// Keeps the players' timeline continuous across publishers.
     pub splicer: Splicer,
+    /// The ring's payload bytes in the process's memory ledger.
+    pub memory: Charge,
 }
 
 impl SourceState {
@@ -101,6 +111,25 @@ impl SourceState {
             }
         }
         None
+    }
+
+    /// Payload bytes of the ring.
+    pub fn held_bytes(&self) -> usize {
+        self.ring
+            .front()
+            .map_or(0, |front| (self.total_bytes - front.offset) as usize)
+    }
+
+    /// Payload bytes of the ring before the GOP start (0 without one:
+    /// then players may be reading any of it).
+    pub fn backlog_bytes(&self) -> usize {
+        match (
+            self.gop_start.and_then(|s| self.entry(s)),
+            self.ring.front(),
+        ) {
+            (Some(gop), Some(front)) => (gop.offset - front.offset) as usize,
+            _ => 0,
+        }
     }
 
     /// The headers a player needs before its first picture.
@@ -223,6 +252,7 @@ impl Source {
                 published_at: None,
                 rate_in: RateMeter::new(now),
                 splicer: Splicer::new(),
+                memory: Charge::new(Pool::Streams),
             }),
             wakeup,
             coalescing,
@@ -383,6 +413,8 @@ impl Source {
         state.ring.push_back(Entry { item, offset });
         state.total_bytes += len as u64;
         Self::evict(state, config);
+        let held = state.held_bytes();
+        state.memory.set(held);
     }
 
     /// Drop entries no player may still need: everything before the GOP
@@ -409,15 +441,66 @@ impl Source {
             }
         }
         let keep_from = state.gop_start.unwrap_or(u64::MAX);
+        // Over the memory budget no source keeps a backlog before its GOP
+        // beyond what players at the live edge may not have read yet (see
+        // `crate::memory`).
+        let (max_frames, max_bytes) = if crate::memory::over_budget() {
+            (
+                config.max_queue_frames.min(LIVE_EDGE_FRAMES),
+                config.max_queue_bytes.min(LIVE_EDGE_BYTES),
+            )
+        } else {
+            (config.max_queue_frames, config.max_queue_bytes)
+        };
         while let Some(front) = state.ring.front() {
-            let over_frames = state.ring.len() > config.max_queue_frames;
-            let over_bytes = state.total_bytes - front.offset > config.max_queue_bytes as u64;
+            let over_frames = state.ring.len() > max_frames;
+            let over_bytes = state.total_bytes - front.offset > max_bytes as u64;
             if state.base_seq >= keep_from || !(over_frames || over_bytes) {
                 break;
             }
             state.ring.pop_front();
             state.base_seq += 1;
         }
+    }
+
+    /// (ring bytes, of which before the GOP start) for the memory governor.
+    pub fn memory_use(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.held_bytes(), state.backlog_bytes())
+    }
+
+    /// Memory shedding: drop the frames before the GOP start, all but
+    /// the live edge. Returns the bytes let go.
+    pub fn trim_backlog(&self) -> usize {
+        let mut state = self.lock();
+        let keep_from = state.gop_start.unwrap_or(u64::MAX);
+        Self::shed_to_live_edge(&mut state, keep_from)
+    }
+
+    /// Memory shedding: drop the GOP cache too (new players start at the
+    /// next keyframe), all but the live edge. Returns the bytes let go.
+    pub fn drop_cache(&self) -> usize {
+        let mut state = self.lock();
+        state.gop_start = None;
+        Self::shed_to_live_edge(&mut state, u64::MAX)
+    }
+
+    /// Pop entries before `keep_from` until the ring is down to what
+    /// players at the live edge may not have read yet: at most
+    /// [`LIVE_EDGE_FRAMES`] frames and [`LIVE_EDGE_BYTES`] bytes (or one
+    /// entry). Returns the bytes let go.
+    fn shed_to_live_edge(state: &mut SourceState, keep_from: u64) -> usize {
+        let before = state.held_bytes();
+        while state.base_seq < keep_from
+            && state.ring.len() > 1
+            && (state.ring.len() > LIVE_EDGE_FRAMES || state.held_bytes() > LIVE_EDGE_BYTES)
+        {
+            state.ring.pop_front();
+            state.base_seq += 1;
+        }
+        let held = state.held_bytes();
+        state.memory.set(held);
+        before - held
     }
 
     pub(crate) fn add_player(&self) {

@@ -309,3 +309,47 @@ fn without_gop_cache_a_player_gets_the_headers_once_with_the_next_keyframe() {
         vec![video_header(), audio_header(), keyframe(100), inter(133)]
     );
 }
+
+#[test]
+fn memory_shedding_keeps_the_live_edge_and_the_ledger_follows() {
+    let hub = Hub::new(HubConfig::default());
+    let publisher = hub.publish(key(), publisher_info()).unwrap();
+    let mut player = hub.subscribe(&key());
+    for gop in 0..4u32 {
+        publisher.push(keyframe(gop * 1000));
+        for ts in 1..100 {
+            publisher.push(inter(gop * 1000 + ts));
+        }
+    }
+    // The player is at the live edge, a few frames behind.
+    let mut out = Vec::new();
+    player.try_batch(&mut out, 100_000).unwrap();
+    for ts in 3100..3110 {
+        publisher.push(inter(ts));
+    }
+    let source = publisher.source().clone();
+    let (held, backlog) = source.memory_use();
+    assert!(backlog > 0 && held > backlog, "{held} {backlog}");
+    assert_eq!(source.lock().memory.amount(), held);
+
+    // The backlog goes, all but the live edge; the GOP stays.
+    let freed = source.trim_backlog();
+    let (held_after, _) = source.memory_use();
+    assert_eq!(held - freed, held_after);
+    assert_eq!(source.lock().memory.amount(), held_after);
+    let gop_frames = 100 + 10;
+    assert_eq!(source.stats().cached_frames, gop_frames);
+
+    // Dropping the cache keeps the newest frames a player at the live
+    // edge may not have read yet.
+    source.drop_cache();
+    assert_eq!(source.stats().cached_frames, source::LIVE_EDGE_FRAMES);
+    assert!(source.lock().gop_start.is_none());
+    // The player still gets the frames it had not read, in order, with
+    // no skip.
+    let mut out = Vec::new();
+    player.try_batch(&mut out, 10_000).unwrap();
+    let got: Vec<u32> = frames(&out).iter().map(|f| f.timestamp).collect();
+    assert_eq!(got, (3100..3110).collect::<Vec<u32>>());
+    assert_eq!(player.frames_dropped(), 0);
+}

@@ -1,6 +1,7 @@
-//! The accept loop every client listener runs: stop when told to, bound
-//! the number of connections, and survive accept errors (EMFILE and
-//! friends) without spinning.
+//! The accept loop every client listener runs: stop when told to, admit
+//! or refuse each connection before any work is done for it (the limits
+//! of [`super::limits::admission`], the same for RTMP and HTTP-FLV), and
+//! survive accept errors (EMFILE and friends) without spinning.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,7 +10,10 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use super::ServerContext;
+use super::{limits, ServerContext};
+
+/// Connections accepted (or refused) before the loop lets other tasks run.
+const ACCEPTS_PER_TURN: u32 = 16;
 
 /// Accept until `stop_accepting` fires, spawning `handle(stream, peer,
 /// ctx)` per connection.
@@ -42,25 +46,32 @@ pub async fn accept_loop<F, Fut>(
         ListenerKind::Clients => ctx.shutdown.stop_accepting.clone(),
         ListenerKind::Api => ctx.shutdown.stop_api.clone(),
     };
+    let mut since_yield = 0u32;
     loop {
+        // A flood keeps the listener ready without end: give the other
+        // tasks (players, publishers) a turn every few accepts.
+        since_yield += 1;
+        if since_yield >= ACCEPTS_PER_TURN {
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
         let accepted = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                if limited && ctx.clients.count() >= ctx.settings.max_connections {
-                    metrics::counter!("baton_connections_refused_total", "listener" => name)
-                        .increment(1);
-                    tracing::warn!(
-                        listener = name,
-                        %peer,
-                        max = ctx.settings.max_connections,
-                        "connection refused: max_connections reached"
-                    );
-                    continue;
+            Ok((stream, peer)) if limited => match ctx.admission.try_admit(peer.ip()) {
+                Ok(slot) => {
+                    let connection = handle(stream, peer, ctx.clone());
+                    tokio::spawn(async move {
+                        connection.await;
+                        drop(slot);
+                    });
                 }
+                Err(refusal) => limits::refuse_connection(name, stream, peer, refusal),
+            },
+            Ok((stream, peer)) => {
                 tokio::spawn(handle(stream, peer, ctx.clone()));
             }
             Err(error) => {

@@ -27,6 +27,7 @@ use tracing::Instrument;
 
 use super::accept::{accept_loop, ListenerKind};
 use super::auth::{Action, AuthRequest, Authorized};
+use super::limits;
 use super::playback::{Playback, Step};
 use super::stall::{StallClock, StallIo};
 use super::tag_batch::TagBatch;
@@ -89,7 +90,7 @@ where
         let reason = drive(conn, &ctx, &guard, &clock).await;
         let bytes = clock.bytes_written();
         guard.entry().add_bytes_out(bytes);
-        tracing::info!(reason, bytes_out = bytes, "disconnected");
+        limits::disconnects::http_ended(guard.entry(), reason, bytes);
     }
     .instrument(span)
     .await
@@ -331,6 +332,12 @@ async fn play(
     if absent && ctx.settings.http_flv_play_wait.is_zero() && !older_generation_serves(&ctx) {
         tracing::info!("play refused: stream not published");
         return text(StatusCode::NOT_FOUND, "stream not found\n");
+    }
+    if limits::check_new_stream(&ctx, &key, guard.entry().peer.ip()).is_err() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many streams on this server (max_streams)\n",
+        );
     }
     guard.set_role(ClientRole::Player, Some(key.clone()));
     let subscriber = ctx

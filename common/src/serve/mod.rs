@@ -18,6 +18,7 @@ pub mod api_auth;
 pub mod auth;
 pub mod generations;
 pub mod http_flv;
+pub mod limits;
 pub mod metrics;
 pub mod names;
 pub mod playback;
@@ -179,6 +180,8 @@ pub struct ServerContext {
     /// Where streams come from and go to (see [`StreamDirectory`]).
     pub streams: Arc<dyn StreamDirectory>,
     pub clients: ClientRegistry,
+    /// Who may connect (see [`limits::admission`]).
+    pub admission: limits::Admission,
     pub shutdown: Shutdown,
     pub metrics: PrometheusHandle,
     /// Who may publish and play (signed URLs, callbacks).
@@ -202,6 +205,7 @@ impl ServerContext {
         older_generations: Vec<PathBuf>,
     ) -> Self {
         let server_id = format!("baton-{role}-{}-g{generation}", std::process::id());
+        let admission = limits::Admission::new(settings.limits.admission(settings.max_connections));
         ServerContext {
             role,
             auth: auth::Authorizer::new(settings.auth.clone(), server_id),
@@ -209,6 +213,7 @@ impl ServerContext {
             hub,
             streams,
             clients: ClientRegistry::new(),
+            admission,
             shutdown,
             metrics,
             generation,

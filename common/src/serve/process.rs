@@ -283,6 +283,8 @@ async fn start(
         None => super::tls::ignore_hangup(ctx.shutdown.close_all.clone()),
     }
     let reaper = hub.spawn_reaper();
+    let governor = super::limits::governor::spawn(ctx.clone());
+    let warnings = super::limits::warnings::spawn_flusher();
 
     if let Some(from) = &upgrade_from {
         send_ready(from, pid).await.with_context(|| {
@@ -319,6 +321,8 @@ async fn start(
     main_loop.run(&mut signals, control_rx).await;
 
     reaper.abort();
+    governor.abort();
+    warnings.abort();
     if let Some(pid_file) = &settings.pid_file {
         let _ = PidFile::remove_if_ours(pid_file, pid);
     }

@@ -9,6 +9,7 @@
 
 use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ use tracing::Instrument;
 
 use super::accept::{accept_loop, ListenerKind};
 use super::auth::{Action, AuthRequest, Authorized, Refusal};
+use super::limits;
 use super::playback::{Playback, Step};
 use super::ServerContext;
 
@@ -81,10 +83,9 @@ async fn serve_connection(
     );
     async move {
         tracing::debug!("connected");
-        match Connection::new(reader, writer, guard, ctx).run().await {
-            Ok(reason) => tracing::info!(reason, "disconnected"),
-            Err(error) => tracing::warn!(error = format!("{error:#}"), "disconnected"),
-        }
+        let entry = guard.entry().clone();
+        let outcome = Connection::new(reader, writer, guard, ctx).run().await;
+        limits::disconnects::rtmp_ended(&entry, &outcome);
     }
     .instrument(span)
     .await
@@ -101,6 +102,7 @@ struct Connection {
     session: ServerSession,
     guard: ClientGuard,
     ctx: Arc<ServerContext>,
+    input_charge: limits::InputCharge,
 }
 
 /// What the client asked for once connected.
@@ -137,6 +139,7 @@ impl Connection {
             }),
             guard,
             ctx,
+            input_charge: limits::InputCharge::default(),
         }
     }
 
@@ -188,6 +191,10 @@ impl Connection {
 
     /// Read until the session has the bytes it wants written, flushing them.
     async fn read_some(&mut self) -> anyhow::Result<bool> {
+        // One read per turn: a peer sending as fast as its socket allows
+        // must not keep other connections' tasks from running.
+        tokio::task::yield_now().await;
+        limits::memory_backpressure(self.input_charge.amount()).await;
         self.input.reserve(READ_CHUNK);
         let n = self
             .reader
@@ -204,6 +211,8 @@ impl Connection {
             let _ = tokio::time::timeout(Duration::from_secs(1), self.flush_session()).await;
             bail!("protocol error: {error}");
         }
+        let buffered = self.input.len() + self.session.buffered_input();
+        self.input_charge.update(self.guard.entry(), buffered);
         Ok(true)
     }
 
@@ -229,7 +238,10 @@ impl Connection {
             while let Some(event) = self.session.poll_event() {
                 match event {
                     ServerEvent::Connected { app, tc_url } => {
-                        tracing::info!(app, tc_url = tc_url.as_deref().unwrap_or(""), "connect");
+                        // Debug: a peer can connect and idle as often as
+                        // the accept rate lets it; "publish started" /
+                        // "play started" carry the stream at info.
+                        tracing::debug!(app, tc_url = tc_url.as_deref().unwrap_or(""), "connect");
                     }
                     ServerEvent::PublishRequested {
                         stream_id,
@@ -331,6 +343,12 @@ impl Connection {
             peer: self.guard.entry().peer,
             timeline: info_timeline.clone(),
         };
+        if let Err(description) = limits::check_new_stream(&self.ctx, &key, info.peer.ip()) {
+            self.session
+                .reject_publish(stream_id, "NetStream.Publish.Rejected", &description);
+            self.flush_session().await?;
+            return Ok("publish refused: max_streams");
+        }
         let kick = self.guard.entry().kick.clone();
         let claimed = self
             .ctx
@@ -360,6 +378,8 @@ impl Connection {
         let (close_all, kick) = self.stop_tokens();
         let reconnect = self.ctx.shutdown.reconnect.clone();
         let mut asked_to_reconnect = false;
+        let bytes_in = |c: &Self| c.guard.entry().bytes_in.load(Ordering::Relaxed);
+        let mut rate = limits::PublishRate::new(&self.ctx, bytes_in(&self));
         loop {
             let more = tokio::select! {
                 r = tokio::time::timeout(idle, self.read_some()) => match r {
@@ -377,6 +397,18 @@ impl Connection {
             };
             if !more {
                 return Ok("publisher closed the connection");
+            }
+            if let Err(over) = rate.check(bytes_in(&self)) {
+                let description = format!("{over}; disconnected");
+                self.session.send_status(
+                    stream_id,
+                    "error",
+                    "NetStream.Publish.Rejected",
+                    &description,
+                );
+                self.flush_session().await.ok();
+                tracing::warn!(%over, "publisher disconnected: over max_publish_kbps");
+                return Ok("publisher over max_publish_kbps");
             }
             while let Some(event) = self.session.poll_event() {
                 match event {
@@ -425,6 +457,14 @@ impl Connection {
         let Some(_authorized) = self.authorize(Action::Play, stream_id, &key, query).await? else {
             return Ok("play refused: not authorized");
         };
+        if let Err(description) =
+            limits::check_new_stream(&self.ctx, &key, self.guard.entry().peer.ip())
+        {
+            self.session
+                .reject_play(stream_id, "NetStream.Play.Failed", &description);
+            self.flush_session().await?;
+            return Ok("play refused: max_streams");
+        }
         self.guard.set_role(ClientRole::Player, Some(key.clone()));
         let mut subscriber = self
             .ctx

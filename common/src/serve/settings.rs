@@ -14,6 +14,7 @@ use crate::config::{load_toml, overlay, ConfigError, HumanDuration};
 use crate::hub::timestamps::TimestampPolicy;
 use crate::hub::HubConfig;
 use crate::serve::auth::{self, AuthSettings};
+use crate::serve::limits::{self, ByteSize, LimitSettings};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
@@ -171,6 +172,31 @@ pub struct SettingsArgs {
     /// File whose first line is the API token (instead of --api-token). [default: none]
     #[arg(long, env = "BATON_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
+    // Limits (see `serve::limits`).
+    /// Most concurrent client connections from one IPv4 address or IPv6 /64 (0 = no limit). [default: 1000]
+    #[arg(long, env = "BATON_PER_IP_MAX_CONNECTIONS")]
+    pub per_ip_max_connections: Option<usize>,
+    /// New client connections per second one address may open (token bucket; 0 = no limit). [default: 50]
+    #[arg(long, env = "BATON_PER_IP_ACCEPT_RATE")]
+    pub per_ip_accept_rate: Option<f64>,
+    /// ... of which this many at once (the bucket size). [default: 200]
+    #[arg(long, env = "BATON_PER_IP_ACCEPT_BURST")]
+    pub per_ip_accept_burst: Option<u32>,
+    /// Addresses the per-IP limits do not apply to, comma-separated, or "none" (a local proxy or health checker speaks for many clients; they still count against max_connections). [default: 127.0.0.1,::1]
+    #[arg(long, env = "BATON_PER_IP_EXEMPT")]
+    pub per_ip_exempt: Option<String>,
+    /// Most streams (sources) a node holds; a publish or play that would create one more is refused. [default: 10000]
+    #[arg(long, env = "BATON_MAX_STREAMS")]
+    pub max_streams: Option<usize>,
+    /// A publisher above this rate (kbit/s) averaged over publish_bitrate_window is disconnected (0 = no cap). [default: 100000]
+    #[arg(long, env = "BATON_MAX_PUBLISH_KBPS")]
+    pub max_publish_kbps: Option<u64>,
+    /// The window max_publish_kbps is averaged over. [default: 10s]
+    #[arg(long, env = "BATON_PUBLISH_BITRATE_WINDOW")]
+    pub publish_bitrate_window: Option<HumanDuration>,
+    /// Memory for GOP caches, player backlogs and RTMP input buffers together (e.g. 512MiB); over it the largest consumers are shed. [default: 1GiB]
+    #[arg(long, env = "BATON_MEMORY_BUDGET")]
+    pub memory_budget: Option<ByteSize>,
 }
 
 /// What players see when their stream's publisher is replaced.
@@ -215,6 +241,7 @@ pub struct Settings {
     pub http_flv_play_wait: Duration,
     pub timestamp_correction: TimestampPolicy,
     pub api_token: Option<ApiToken>,
+    pub limits: LimitSettings,
 }
 
 /// Where the viewer page loads mpegts.js from unless `player_js_url` says.
@@ -246,6 +273,7 @@ impl Settings {
     pub fn resolve(args: &SettingsArgs) -> Result<Settings, ConfigError> {
         let a = args.with_file()?;
         let hub_defaults = HubConfig::default();
+        let limits = resolve_limits(&a)?;
         let settings = Settings {
             rtmp: pick(a.rtmp, SocketAddr::from(([0, 0, 0, 0], 1935))),
             http: pick(a.http, SocketAddr::from(([0, 0, 0, 0], 8080))),
@@ -299,12 +327,14 @@ impl Settings {
                 (None, Some(path)) => Some(ApiToken::from_file(path)?),
                 (None, None) => None,
             },
+            limits,
         };
         settings.validate()?;
         Ok(settings)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        validate_limits(&self.limits)?;
         let bad = |name: &'static str, reason: &str| ConfigError::Setting {
             name,
             reason: reason.to_string(),
@@ -352,6 +382,47 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+fn resolve_limits(a: &SettingsArgs) -> Result<LimitSettings, ConfigError> {
+    let d = LimitSettings::default();
+    let exempt = match &a.per_ip_exempt {
+        Some(list) => limits::parse_exempt(list).map_err(|reason| ConfigError::Setting {
+            name: "per_ip_exempt",
+            reason,
+        })?,
+        None => d.per_ip_exempt,
+    };
+    Ok(LimitSettings {
+        per_ip_max_connections: pick(a.per_ip_max_connections, d.per_ip_max_connections),
+        per_ip_accept_rate: pick(a.per_ip_accept_rate, d.per_ip_accept_rate),
+        per_ip_accept_burst: pick(a.per_ip_accept_burst, d.per_ip_accept_burst),
+        per_ip_exempt: exempt,
+        max_streams: pick(a.max_streams, d.max_streams),
+        max_publish_kbps: pick(a.max_publish_kbps, d.max_publish_kbps),
+        publish_bitrate_window: dur(a.publish_bitrate_window, d.publish_bitrate_window),
+        memory_budget: a.memory_budget.map_or(d.memory_budget, |b| b.0),
+    })
+}
+
+fn validate_limits(l: &LimitSettings) -> Result<(), ConfigError> {
+    let bad = |name: &'static str, reason: &str| ConfigError::Setting {
+        name,
+        reason: reason.to_string(),
+    };
+    if !(l.per_ip_accept_rate.is_finite() && l.per_ip_accept_rate >= 0.0) {
+        return Err(bad("per_ip_accept_rate", "must be a rate >= 0"));
+    }
+    if l.max_streams == 0 {
+        return Err(bad("max_streams", "must be at least 1"));
+    }
+    if l.publish_bitrate_window < Duration::from_secs(1) {
+        return Err(bad("publish_bitrate_window", "must be at least 1s"));
+    }
+    if l.memory_budget < 16 * 1024 * 1024 {
+        return Err(bad("memory_budget", "must be at least 16MiB"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -143,6 +143,11 @@ impl ChunkDecoder {
         self.max_buffered_bytes = max_buffered.min(MAX_BUFFERED_BYTES);
     }
 
+    /// Bytes held in partial messages now.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered_bytes
+    }
+
     pub fn chunk_size(&self) -> u32 {
         self.chunk_size
     }

@@ -379,6 +379,12 @@ impl ServerSession {
         self.link.outbox.take()
     }
 
+    /// Bytes the decoder holds in partial messages (the caller's own
+    /// input buffer comes on top).
+    pub fn buffered_input(&self) -> usize {
+        self.link.decoder.buffered_bytes()
+    }
+
     pub fn has_output(&self) -> bool {
         self.link.outbox.len() > 0
     }
