@@ -624,6 +624,12 @@ async fn ffmpeg_publishes_to_a_signed_url() {
         token(Action::Publish, "ff", 600)
     );
     let _publisher = publish_loop(&fixture, &good, origin.dir().join("ffmpeg-good.log"));
+    // An unpublished HTTP-FLV stream is a 404 at once: probe once it is up.
+    let published = baton_tests::eventually(Duration::from_secs(20), || async {
+        origin.publishes(APP, "ff").await.then_some(())
+    })
+    .await;
+    assert!(published.is_some(), "the signed publish was accepted");
     let codecs = stream_codecs(&origin.flv_url(APP, "ff"), Duration::from_secs(20))
         .await
         .expect("the signed publish plays");
