@@ -789,8 +789,10 @@ async fn max_streams_refuses_the_next_stream() {
         play.status
     );
     assert_eq!(publish, "NetStream.Publish.Rejected");
-    assert_eq!(play.status, 503);
-    assert_eq!(refused, 2.0);
+    // An HTTP-FLV play of an unpublished stream makes no source at all: a
+    // 404 at once, before max_streams is even asked.
+    assert_eq!(play.status, 404);
+    assert_eq!(refused, 1.0);
     // The streams that exist still play.
     let player = Watcher::rtmp(
         "second player",
