@@ -18,6 +18,9 @@ use anyhow::{bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+/// The bearer token of every API the tool starts (and asks).
+pub const API_TOKEN: &str = "baton-chaos-api-token-not-a-secret";
+
 /// Where a process listens.
 #[derive(Debug, Clone, Copy)]
 pub struct Addrs {
@@ -173,6 +176,9 @@ impl Proc {
                 cmd.env_remove(&key);
             }
         }
+        // An API off loopback (network namespaces) needs a bearer token;
+        // edges send their own to the origins' APIs.
+        cmd.env("BATON_API_TOKEN", API_TOKEN);
         let child = cmd
             .args(&self.args)
             .stdin(Stdio::null())

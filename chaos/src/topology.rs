@@ -324,9 +324,12 @@ impl Topology {
             return false;
         };
         let url = format!("http://{}/api/v1/streams", origin.addrs.api);
-        let Ok(Ok(r)) =
-            tokio::time::timeout(Duration::from_secs(1), baton_tests::http::get(&url)).await
-        else {
+        let bearer = [(
+            "Authorization",
+            format!("Bearer {}", crate::process::API_TOKEN),
+        )];
+        let request = baton_tests::http::request_with_headers("GET", &url, &bearer, None);
+        let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), request).await else {
             return false;
         };
         let Ok(body) = serde_json::from_slice::<serde_json::Value>(&r.body) else {
