@@ -32,8 +32,13 @@ async fn upgrade_then_drain_of_the_origin_is_make_before_break() {
     let origin_args = ["--grace-start-wait", "300ms", "--grace-final-wait", "200ms"];
     let o1 = Node::start(&origin_args).await;
     let o2 = Node::start(&origin_args).await;
-    let edge_a = Node::start_edge(&[&o1, &o2], &[]).await;
-    let edge_b = Node::start_edge(&[&o1, &o2], &[]).await;
+    // The 100 ms bound is on what a move adds to the players' gaps; their
+    // steady gaps are the write budget (`--write-coalesce`, 80 ms by
+    // default), so the edges serving them run with the 20 ms budget the
+    // bound was set for.
+    let budget = ["--write-coalesce", "20ms"];
+    let edge_a = Node::start_edge(&[&o1, &o2], &budget).await;
+    let edge_b = Node::start_edge(&[&o1, &o2], &budget).await;
     let origins = vec![o1, o2];
     let feed = Feed::standard();
     feed.attach("edge-a", &edge_a.rtmp_url(APP, STREAM))
