@@ -27,6 +27,7 @@
 #                             each run as its own server (default: this
 #                             tree's release build, labelled baton)
 #   BATON_ARGS="..."          extra flags for every baton-origin
+#   ARGS_<label>="..."        extra flags for the variant <label> only
 #   BUILD=1 TAG=              BUILD=0 skips cargo; TAG names the output
 #
 # Needs: nginx + libnginx-mod-rtmp (apt), jq, taskset, 2 cores.
@@ -89,9 +90,10 @@ run_baton_variant() {
     local label=$1 bin=$2 logfile=$OUT/peers-$1.log pid
     log "$label: $bin (core 0)"
     [[ -x $bin ]] || die "$bin is not an executable"
-    # shellcheck disable=SC2086 # BATON_ARGS is a list of extra flags
+    local extra_var="ARGS_$label"
+    # shellcheck disable=SC2086 # BATON_ARGS and ARGS_<label> are lists of extra flags
     taskset -c 0 "$bin" --rtmp "$BATON_RTMP" --http "$BATON_HTTP" --api "$BATON_API" ${BATON_ARGS:-} \
-        >"$logfile" 2>&1 &
+        ${!extra_var:-} >"$logfile" 2>&1 &
     pid=$!
     PIDS+=("$pid")
     wait_port "$BATON_RTMP" "$pid" "$label" "$logfile"
