@@ -13,8 +13,10 @@ use crate::hub::{HubItem, SubscribeError, Subscriber};
 
 use super::settings::Republish;
 use super::ServerContext;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use std::future::Future;
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 
 /// Most items taken from the hub for one write.
 const MAX_BATCH: usize = 256;
@@ -32,15 +34,31 @@ pub enum Step {
     Stop(&'static str),
 }
 
-/// A stop signal, waited on for the whole play: registered once, not again
-/// for every batch.
-type StopSignal = Pin<Box<WaitForCancellationFutureOwned>>;
+/// Which stop signal fired.
+enum Stop {
+    CloseAll,
+    Kicked,
+    ClosePlayers,
+}
+
+/// The stop signals (shutdown, kick, drain), waited on for the whole play.
+/// A `FuturesUnordered` polls only the signals that were woken, so the
+/// wake-up a batch of frames causes does not poll (and lock) every token.
+type StopSignals = FuturesUnordered<Pin<Box<dyn Future<Output = Stop> + Send + Sync>>>;
+
+fn stop_signal(
+    token: CancellationToken,
+    stop: Stop,
+) -> Pin<Box<dyn Future<Output = Stop> + Send + Sync>> {
+    Box::pin(async move {
+        token.cancelled_owned().await;
+        stop
+    })
+}
 
 pub struct Playback {
     subscriber: Subscriber,
-    close_all: StopSignal,
-    kicked: StopSignal,
-    close_players: StopSignal,
+    stops: StopSignals,
     play_wait_timeout: Duration,
     /// End the play at the first unpublish (see
     /// [`super::StreamDirectory::unpublish_ends_play`]).
@@ -55,9 +73,13 @@ impl Playback {
         let published = subscriber.source().is_publishing();
         Playback {
             subscriber,
-            close_all: Box::pin(ctx.shutdown.close_all.clone().cancelled_owned()),
-            kicked: Box::pin(kick.cancelled_owned()),
-            close_players: Box::pin(ctx.shutdown.close_players.clone().cancelled_owned()),
+            stops: [
+                stop_signal(ctx.shutdown.close_all.clone(), Stop::CloseAll),
+                stop_signal(kick, Stop::Kicked),
+                stop_signal(ctx.shutdown.close_players.clone(), Stop::ClosePlayers),
+            ]
+            .into_iter()
+            .collect(),
             play_wait_timeout: ctx.settings.play_wait_timeout,
             unpublish_ends_play: ctx.streams.unpublish_ends_play()
                 || ctx.settings.republish == Republish::End,
@@ -89,12 +111,14 @@ impl Playback {
             let closing_deadline = self.closing_since.map(|t| t + KEYFRAME_BOUNDARY_WAIT);
             tokio::select! {
                 biased;
-                _ = self.close_all.as_mut() => return Ok(Step::Stop("server shutting down")),
-                _ = self.kicked.as_mut() => return Ok(Step::Stop("kicked through the API")),
-                _ = self.close_players.as_mut(), if self.closing_since.is_none() => {
-                    self.closing_since = Some(Instant::now());
-                    continue;
-                }
+                Some(stop) = self.stops.next(), if !self.stops.is_empty() => match stop {
+                    Stop::CloseAll => return Ok(Step::Stop("server shutting down")),
+                    Stop::Kicked => return Ok(Step::Stop("kicked through the API")),
+                    Stop::ClosePlayers => {
+                        self.closing_since.get_or_insert_with(Instant::now);
+                        continue;
+                    }
+                },
                 _ = sleep_until_opt(wait_deadline) => return Ok(Step::Stop("no publisher within play_wait_timeout")),
                 _ = sleep_until_opt(closing_deadline) => return Ok(Step::Stop("drain deadline")),
                 result = self.subscriber.next_batch(items, start + MAX_BATCH) => result?,
