@@ -620,6 +620,26 @@ mod tests {
     }
 
     #[test]
+    fn lateness_and_losses_count_inside_the_window_only() {
+        let now = Instant::now();
+        let stamped = |seq: u64, sent: u64| FrameInfo {
+            stamp: Some((seq, sent)),
+            ..video(0, &[0x27, 1])
+        };
+        let mut t = PlayerTracker::new();
+        t.late_window = Some((1_000_000, 9_000_000));
+        t.on_frame_read(&stamped(0, 500_000), now, 2_000_000); // before the window
+        t.on_frame_read(&stamped(1, 1_000_000), now, 3_000_000);
+        t.on_frame_read(&stamped(4, 2_000_000), now, 3_000_000); // 2 and 3 lost
+        t.on_frame_read(&stamped(4, 2_000_000), now, 3_000_000); // repeat: ignored
+        t.on_frame_read(&stamped(5, 9_500_000), now, 9_600_000); // after the window
+        assert_eq!(t.late_us, vec![2_000, 1_000]);
+        assert_eq!(t.frames_lost, 2);
+        assert_eq!(t.newest_sent_ns, 9_500_000);
+        assert_eq!(t.stamped_frames, 5);
+    }
+
+    #[test]
     fn first_picture_must_be_a_keyframe() {
         let now = Instant::now();
         let mut t = PlayerTracker::new();
