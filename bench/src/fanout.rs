@@ -36,9 +36,19 @@ use crate::flv_reader::HttpFlvReader;
 use crate::rtmp_client::RtmpPlayer;
 use crate::stats::{gbps, FrameInfo, Outcome, PlayerResult, PlayerTracker, Report, RunInfo};
 use crate::sys;
+use crate::wallstamp;
 
 /// Socket read buffer per HTTP-FLV player.
 const READ_BUF_LEN: usize = 32 * 1024;
+/// From the end of the ramp to the steady window (and, for lateness, from
+/// the last frames counted to the end of the run).
+const STEADY_SETTLE: Duration = Duration::from_secs(1);
+
+/// The next read of a player reading every `every`, after the one due
+/// `at`; a player that fell behind its cadence reads again a period later.
+fn next_tick(at: Instant, every: Duration) -> Instant {
+    (at + every).max(Instant::now())
+}
 
 /// Where the players connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +125,8 @@ pub struct FanoutOptions {
     pub quiet: bool,
     /// PEM CA certificates trusted by `https://` players.
     pub ca: Option<PathBuf>,
+    /// Players read every this long once playing; zero reads on arrival.
+    pub read_every: Duration,
 }
 
 /// Live counters shared by all players, for progress lines and the
@@ -141,6 +153,10 @@ struct PlayerCtx {
     stop_at_keyframe: bool,
     /// For `https://`: the client and the name the certificate must carry.
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// Read cadence once playing; zero reads on arrival.
+    read_every: Duration,
+    /// Stamped frames sent in this wall-clock span (ns) count for lateness.
+    late_window: Option<(u64, u64)>,
 }
 
 /// The TLS client of `https://` players: trusts only `ca`, checks the
@@ -195,8 +211,20 @@ pub async fn run(opts: FanoutOptions) -> Result<Report> {
         Err(e) => eprintln!("warning: cannot read the open-files limit: {e}"),
     }
     let start = Instant::now();
+    let start_ns = wallstamp::now_ns();
     let deadline = start + opts.duration;
     let tls = tls_client(&target, opts.ca.as_deref())?;
+    // The steady window starts a second after the ramp is due to end.
+    let ramp_time = Duration::from_secs_f64(opts.players as f64 / opts.ramp);
+    let window_start = (start + ramp_time + STEADY_SETTLE).min(deadline);
+    let wall = |at: Instant| {
+        start_ns.saturating_add(u64::try_from((at - start).as_nanos()).unwrap_or(u64::MAX))
+    };
+    // Frames sent later than this may still sit in a player's socket.
+    let late_until = deadline
+        .checked_sub(opts.read_every + STEADY_SETTLE)
+        .unwrap_or(start)
+        .max(window_start);
     let ctx = Rc::new(PlayerCtx {
         target,
         deadline,
@@ -204,6 +232,8 @@ pub async fn run(opts: FanoutOptions) -> Result<Report> {
         counters: Counters::default(),
         stop_at_keyframe: false,
         tls,
+        read_every: opts.read_every,
+        late_window: Some((wall(window_start), wall(late_until))),
     });
     let cpu_before = match opts.server_pids.as_slice() {
         [] => None,
@@ -234,8 +264,22 @@ pub async fn run(opts: FanoutOptions) -> Result<Report> {
         );
     }
 
+    sleep_until(window_start).await;
+    let window_bytes_before = ctx.counters.bytes.get();
+    let window_cpu_before = match opts.server_pids.as_slice() {
+        [] => None,
+        pids => sys::trees_cpu(pids).ok(),
+    };
     sleep_until(deadline).await;
     let steady_bytes = ctx.counters.bytes.get() - bytes_at_ramp;
+    let window_bytes = ctx.counters.bytes.get() - window_bytes_before;
+    let window_cpu = window_cpu_before.and_then(|before| {
+        Some(
+            sys::trees_cpu(&opts.server_pids)
+                .ok()?
+                .saturating_sub(before),
+        )
+    });
     let server_cpu = match (&cpu_before, opts.server_pids.as_slice()) {
         (Some(before), pids) => Some(
             sys::trees_cpu(pids)
@@ -265,6 +309,11 @@ pub async fn run(opts: FanoutOptions) -> Result<Report> {
         steady_elapsed: deadline.saturating_duration_since(ramp_done),
         server_cpu,
         client_cpu,
+        read_every: opts.read_every,
+        window: deadline.saturating_duration_since(window_start),
+        window_bytes,
+        window_cpu,
+        late_until_ns: wall(late_until),
     };
     let report = Report::build(&run, &mut results);
     print!("{report}");
@@ -287,6 +336,8 @@ pub async fn probe(url: &str, timeout: Duration) -> Result<()> {
         counters: Counters::default(),
         stop_at_keyframe: true,
         tls,
+        read_every: Duration::ZERO,
+        late_window: None,
     });
     let result = play(ctx).await;
     if let Outcome::Failed(e) = &result.outcome {
@@ -339,6 +390,7 @@ async fn play(ctx: Rc<PlayerCtx>) -> PlayerResult {
         connect_time: None,
         tracker: PlayerTracker::new(),
     };
+    result.tracker.late_window = ctx.late_window;
     let outcome = match &ctx.target {
         Target::HttpFlv {
             addr, host, path, ..
@@ -408,11 +460,35 @@ async fn http_session<S: AsyncRead + AsyncWrite + Unpin>(
     // the end of the run: one timer per player, not one per read.
     let end = tokio::time::sleep_until(connect_deadline);
     tokio::pin!(end);
+    // Reading on a cadence (after the first keyframe): when the next read
+    // is due, and whether the socket is being drained right now.
+    let periodic = !ctx.read_every.is_zero();
+    let mut next_read: Option<Instant> = None;
+    let mut draining = false;
     loop {
-        let read = tokio::select! {
-            biased;
-            _ = &mut end => break,
-            r = stream.read(&mut buf) => r,
+        let read = if draining {
+            match read_now(&mut stream, &mut buf).await {
+                None => {
+                    draining = false;
+                    continue;
+                }
+                Some(r) => r,
+            }
+        } else if let Some(at) = next_read {
+            tokio::select! {
+                biased;
+                _ = &mut end => break,
+                _ = sleep_until(at) => {}
+            }
+            next_read = Some(next_tick(at, ctx.read_every));
+            draining = true;
+            continue;
+        } else {
+            tokio::select! {
+                biased;
+                _ = &mut end => break,
+                r = stream.read(&mut buf) => r,
+            }
         };
         let n = match read {
             Ok(0) if connected => {
@@ -426,10 +502,11 @@ async fn http_session<S: AsyncRead + AsyncWrite + Unpin>(
             Err(e) => return Outcome::Failed(format!("read: {e}")),
         };
         let now = std::time::Instant::now();
+        let read_ns = wallstamp::now_ns();
         tracker.bytes += n as u64;
         bump(&counters.bytes, n as u64);
         let pushed = reader.push(&buf[..n], &mut |info: FrameInfo| {
-            tracker.on_frame(&info, now)
+            tracker.on_frame_read(&info, now, read_ns)
         });
         match pushed {
             Ok(outcome) => {
@@ -448,6 +525,9 @@ async fn http_session<S: AsyncRead + AsyncWrite + Unpin>(
         }
         if ctx.stop_at_keyframe && tracker.first_keyframe_at.is_some() {
             break;
+        }
+        if periodic && next_read.is_none() && tracker.first_keyframe_at.is_some() {
+            next_read = Some(Instant::now() + ctx.read_every);
         }
     }
     if connected {
@@ -472,7 +552,39 @@ async fn play_rtmp(ctx: &PlayerCtx, url: &str, result: &mut PlayerResult) -> Out
     bump(&counters.bytes, last_bytes);
     let end = tokio::time::sleep_until(ctx.deadline);
     tokio::pin!(end);
+    let mut next_read: Option<Instant> = None;
     let outcome = loop {
+        if let Some(at) = next_read {
+            // Reading on a cadence: wait for the tick, then take every
+            // frame the socket holds.
+            tokio::select! {
+                biased;
+                _ = &mut end => break Outcome::Completed,
+                _ = sleep_until(at) => {}
+            }
+            next_read = Some(next_tick(at, ctx.read_every));
+            let now = std::time::Instant::now();
+            let read_ns = wallstamp::now_ns();
+            let drained = loop {
+                match player.try_next_frame() {
+                    Ok(Some(frame)) => {
+                        tracker.on_frame_read(&FrameInfo::from_media(&frame), now, read_ns)
+                    }
+                    Ok(None) => break None,
+                    Err(e) => break Some(Outcome::EndedEarly(format!("{e}"))),
+                }
+            };
+            let bytes = player.bytes_received();
+            bump(&counters.bytes, bytes.saturating_sub(last_bytes));
+            last_bytes = bytes;
+            if let Some(outcome) = drained {
+                break outcome;
+            }
+            if let Err(e) = player.write_pending().await {
+                break Outcome::EndedEarly(format!("{e}"));
+            }
+            continue;
+        }
         let frame = tokio::select! {
             biased;
             _ = &mut end => break Outcome::Completed,
@@ -480,12 +592,19 @@ async fn play_rtmp(ctx: &PlayerCtx, url: &str, result: &mut PlayerResult) -> Out
         };
         match frame {
             Ok(Some(frame)) => {
-                tracker.on_frame(&FrameInfo::from_media(&frame), std::time::Instant::now());
+                tracker.on_frame_read(
+                    &FrameInfo::from_media(&frame),
+                    std::time::Instant::now(),
+                    wallstamp::now_ns(),
+                );
                 let bytes = player.bytes_received();
                 bump(&counters.bytes, bytes.saturating_sub(last_bytes));
                 last_bytes = bytes;
                 if ctx.stop_at_keyframe && tracker.first_keyframe_at.is_some() {
                     break Outcome::Completed;
+                }
+                if !ctx.read_every.is_zero() && tracker.first_keyframe_at.is_some() {
+                    next_read = Some(Instant::now() + ctx.read_every);
                 }
             }
             Ok(None) => break Outcome::EndedEarly("stream ended".into()),
@@ -494,6 +613,22 @@ async fn play_rtmp(ctx: &PlayerCtx, url: &str, result: &mut PlayerResult) -> Out
     };
     tracker.bytes = player.bytes_received();
     outcome
+}
+
+/// One read if data is there now, without waiting (`None`: nothing yet).
+/// Works for plain and TLS streams alike.
+async fn read_now<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut [u8],
+) -> Option<std::io::Result<usize>> {
+    use std::future::Future;
+    use std::task::Poll;
+    let mut read = std::pin::pin!(stream.read(buf));
+    std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
+        Poll::Ready(r) => Poll::Ready(Some(r)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
 }
 
 #[cfg(test)]

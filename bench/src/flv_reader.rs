@@ -26,8 +26,9 @@ const MAX_CHUNK_LINE_LEN: usize = 256;
 const MAX_TAG_BODY_LEN: u32 = 16 * 1024 * 1024;
 const FLV_HEADER_LEN: usize = 9;
 const TAG_HEADER_LEN: usize = 11;
-/// Body bytes kept per tag for classification (Enhanced RTMP needs 5).
-const PREFIX_LEN: usize = 5;
+/// Body bytes kept per tag for classification (Enhanced RTMP needs 5)
+/// and for a send stamp.
+const PREFIX_LEN: usize = crate::wallstamp::PREFIX_NEEDED;
 
 /// Why an HTTP-FLV stream could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,6 +22,7 @@ mod synth;
 mod sys;
 mod table;
 mod units;
+mod wallstamp;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -75,6 +76,11 @@ enum Command {
         /// No per-second progress lines on stderr.
         #[arg(long)]
         quiet: bool,
+        /// Each player reads its socket once per this period (after its
+        /// first keyframe), like a client behind a real round trip; 0
+        /// reads on arrival.
+        #[arg(long, default_value = "0s", value_parser = units::parse_duration)]
+        read_every: Duration,
     },
     /// Exit 0 once one player has received a keyframe from URL.
     Probe {
@@ -125,6 +131,10 @@ enum Command {
         /// How long to publish; 0 publishes until interrupted.
         #[arg(long, default_value = "30s", value_parser = units::parse_duration)]
         duration: Duration,
+        /// Stamp each audio/video frame with its wall-clock send time, so
+        /// `fanout` players report how late frames reach them.
+        #[arg(long)]
+        stamp: bool,
     },
     /// Publish stamped frames and measure their delivery latency through
     /// one or more play URLs (same process, same clock).
@@ -191,8 +201,10 @@ async fn run(command: Command) -> Result<()> {
             server_pids,
             json,
             quiet,
+            read_every,
         } => {
             fanout::run(fanout::FanoutOptions {
+                read_every,
                 url,
                 players,
                 duration,
@@ -237,11 +249,13 @@ async fn run(command: Command) -> Result<()> {
             url,
             bitrate,
             duration,
+            stamp,
         } => {
             publish::run(publish::PublishOptions {
                 url,
                 bitrate,
                 duration: (!duration.is_zero()).then_some(duration),
+                stamp,
             })
             .await?;
         }

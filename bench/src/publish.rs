@@ -12,6 +12,7 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::rtmp_client::RtmpPublisher;
 use crate::synth::{StreamShape, SyntheticStream};
+use crate::wallstamp;
 
 #[derive(Debug, Clone)]
 pub struct PublishOptions {
@@ -20,6 +21,9 @@ pub struct PublishOptions {
     pub bitrate: u64,
     /// Stop after this long; `None` publishes until interrupted.
     pub duration: Option<Duration>,
+    /// Stamp every audio/video frame with its wall-clock send time
+    /// ([`crate::wallstamp`]), for `fanout`'s lateness figures.
+    pub stamp: bool,
 }
 
 pub async fn run(opts: PublishOptions) -> Result<()> {
@@ -36,7 +40,7 @@ pub async fn run(opts: PublishOptions) -> Result<()> {
         shape.audio_bytes
     );
     let start = Instant::now();
-    let (mut frames, mut bytes, mut late) = (0u64, 0u64, 0u64);
+    let (mut frames, mut bytes, mut late, mut seq) = (0u64, 0u64, 0u64, 0u64);
     for (at, frame) in SyntheticStream::new(shape) {
         if opts.duration.is_some_and(|d| at >= d) {
             break;
@@ -46,7 +50,16 @@ pub async fn run(opts: PublishOptions) -> Result<()> {
             late += 1;
         }
         sleep_until(due).await;
-        publisher.send(&frame).await.context("sending a frame")?;
+        let stamped = if opts.stamp {
+            wallstamp::stamp(&frame, seq, wallstamp::now_ns())
+        } else {
+            None
+        };
+        seq += u64::from(stamped.is_some());
+        publisher
+            .send(stamped.as_ref().unwrap_or(&frame))
+            .await
+            .context("sending a frame")?;
         publisher.flush().await.context("flushing")?;
         frames += 1;
         bytes += frame.payload.len() as u64;

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use baton_common::media::{MediaFrame, MediaKind};
 use serde::{Deserialize, Serialize};
 
+use crate::wallstamp;
+
 /// Track of a frame, as far as the measurements care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameKind {
@@ -33,6 +35,8 @@ pub struct FrameInfo {
     pub size: usize,
     pub keyframe: bool,
     pub seq_header: bool,
+    /// `(seq, sent_ns)` of a frame stamped by `publish --stamp`.
+    pub stamp: Option<(u64, u64)>,
 }
 
 /// Enhanced RTMP: bit 7 of the first video byte marks the extended header.
@@ -60,21 +64,24 @@ impl FrameInfo {
             size,
             keyframe,
             seq_header,
+            stamp: wallstamp::read(kind, prefix),
         }
     }
 
     /// Classifies a frame decoded by the RTMP client.
     pub fn from_media(frame: &MediaFrame) -> Self {
+        let kind = match frame.kind {
+            MediaKind::Audio => FrameKind::Audio,
+            MediaKind::Video => FrameKind::Video,
+            MediaKind::Data => FrameKind::Data,
+        };
         FrameInfo {
-            kind: match frame.kind {
-                MediaKind::Audio => FrameKind::Audio,
-                MediaKind::Video => FrameKind::Video,
-                MediaKind::Data => FrameKind::Data,
-            },
+            kind,
             timestamp: frame.timestamp,
             size: frame.payload.len(),
             keyframe: frame.is_keyframe(),
             seq_header: frame.is_sequence_header(),
+            stamp: wallstamp::read(kind, &frame.payload),
         }
     }
 }
@@ -102,11 +109,52 @@ pub struct PlayerTracker {
     pub gaps_us: Vec<u32>,
     last_audio_ts: Option<u32>,
     last_video_ts: Option<u32>,
+    /// Stamped frames sent in `[from, until)` (wall-clock ns) count for
+    /// lateness and losses; `None` before the run sets it.
+    pub late_window: Option<(u64, u64)>,
+    /// Per stamped frame of the window: when the player's read took it
+    /// out of the socket minus when the publisher sent it, in µs.
+    pub late_us: Vec<u32>,
+    /// Stamped frames of the window skipped over (sequence gaps).
+    pub frames_lost: u64,
+    /// Stamped frames received, any time.
+    pub stamped_frames: u64,
+    /// Send time of the newest stamped frame received.
+    pub newest_sent_ns: u64,
+    last_seq: Option<u64>,
 }
 
 impl PlayerTracker {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Records one frame that arrived at `now` and that the player's read
+    /// took out of the socket at `read_ns` (wall clock, for stamps).
+    pub fn on_frame_read(&mut self, frame: &FrameInfo, now: Instant, read_ns: u64) {
+        if let Some((seq, sent)) = frame.stamp {
+            self.on_stamp(seq, sent, read_ns);
+        }
+        self.on_frame(frame, now);
+    }
+
+    fn on_stamp(&mut self, seq: u64, sent_ns: u64, read_ns: u64) {
+        self.stamped_frames += 1;
+        self.newest_sent_ns = self.newest_sent_ns.max(sent_ns);
+        let in_window = self
+            .late_window
+            .is_some_and(|(from, until)| (from..until).contains(&sent_ns));
+        match self.last_seq {
+            Some(last) if seq <= last => return,
+            Some(last) if in_window => self.frames_lost += seq - last - 1,
+            _ => {}
+        }
+        self.last_seq = Some(seq);
+        if in_window {
+            self.late_us.push(micros(Duration::from_nanos(
+                read_ns.saturating_sub(sent_ns),
+            )));
+        }
     }
 
     /// Records one frame that arrived at `now`.
@@ -252,6 +300,31 @@ pub struct Report {
     pub connect_ms: Millis,
     /// From starting to connect until the first keyframe arrived.
     pub first_keyframe_ms: Millis,
+    /// Players read their sockets every this many ms (0: on arrival).
+    #[serde(default)]
+    pub read_every_ms: f64,
+    /// Stamped frames sent in the steady window: read time minus send
+    /// time, over every frame of every player (see `wallstamp`).
+    #[serde(default)]
+    pub late_ms: Millis,
+    /// Per player: its lateness p99; percentiles over the players.
+    #[serde(default)]
+    pub player_late_p99_ms: Millis,
+    /// Stamped frames of the window players never got (sequence gaps).
+    #[serde(default)]
+    pub frames_lost: u64,
+    /// Players whose lateness p99 exceeded `read_every + 500 ms`, or whose
+    /// newest frame at the end of the window was older than that.
+    #[serde(default)]
+    pub players_behind: u64,
+    /// Server CPU over the steady window only (after the ramp), per GB
+    /// delivered in it, and as a share of one core.
+    #[serde(default)]
+    pub steady_cpu_s_per_gb: Option<f64>,
+    #[serde(default)]
+    pub steady_cpu_pct: Option<f64>,
+    #[serde(default)]
+    pub steady_window_s: f64,
     /// CPU seconds the server (process tree) used during the run.
     pub server_cpu_s: Option<f64>,
     /// Server CPU seconds per delivered gigabyte (10^9 bytes).
@@ -277,6 +350,13 @@ pub struct RunInfo {
     pub steady_elapsed: Duration,
     pub server_cpu: Option<Duration>,
     pub client_cpu: Duration,
+    pub read_every: Duration,
+    /// The steady window: its length, bytes received and server CPU.
+    pub window: Duration,
+    pub window_bytes: u64,
+    pub window_cpu: Option<Duration>,
+    /// Wall-clock ns: stamped frames sent before this should have been read.
+    pub late_until_ns: u64,
 }
 
 /// Longest error text kept as a key (addresses and counters vary).
@@ -298,6 +378,10 @@ impl Report {
         let mut all_gaps = Vec::new();
         let mut connect = Vec::new();
         let mut first_key = Vec::new();
+        let mut late = Vec::new();
+        let mut player_late = Vec::new();
+        let behind_ns = u64::try_from((run.read_every + Duration::from_millis(500)).as_nanos())
+            .unwrap_or(u64::MAX);
         for p in results.iter_mut() {
             let t = &mut p.tracker;
             r.total_bytes += t.bytes;
@@ -337,6 +421,28 @@ impl Report {
                 None => r.players_without_keyframe += 1,
             }
             all_gaps.append(&mut t.gaps_us);
+            r.frames_lost += t.frames_lost;
+            if t.stamped_frames > 0 {
+                t.late_us.sort_unstable();
+                let p99 = u64::from(percentile(&t.late_us, 99.0)) * 1000;
+                player_late.push(micros(Duration::from_nanos(p99)));
+                let stale = t.newest_sent_ns.saturating_add(behind_ns) < run.late_until_ns;
+                r.players_behind += u64::from(p99 > behind_ns || stale);
+                late.append(&mut t.late_us);
+            }
+        }
+        r.read_every_ms = run.read_every.as_secs_f64() * 1000.0;
+        r.late_ms = Millis::from_micros(&mut late);
+        r.player_late_p99_ms = Millis::from_micros(&mut player_late);
+        r.steady_window_s = run.window.as_secs_f64();
+        if let Some(cpu) = run.window_cpu {
+            let secs = run.window.as_secs_f64();
+            if secs > 0.0 {
+                r.steady_cpu_pct = Some(100.0 * cpu.as_secs_f64() / secs);
+            }
+            if run.window_bytes > 0 {
+                r.steady_cpu_s_per_gb = Some(cpu.as_secs_f64() / (run.window_bytes as f64 / 1e9));
+            }
         }
         r.max_gap_per_player_ms = Millis::from_micros(&mut per_player_max);
         r.gap_ms = Millis::from_micros(&mut all_gaps);
@@ -426,6 +532,25 @@ impl fmt::Display for Report {
             "violations: {} timestamps going backwards (in {} players), {} players whose first picture was not a keyframe",
             self.ts_violations, self.players_with_ts_violations, self.first_frame_violations
         )?;
+        if self.late_ms.max > 0.0 {
+            writeln!(
+                f,
+                "lateness (read − sent, reads every {:.0} ms): {}; per-player p99 {}",
+                self.read_every_ms, self.late_ms, self.player_late_p99_ms
+            )?;
+            writeln!(
+                f,
+                "players behind: {}, frames lost: {}",
+                self.players_behind, self.frames_lost
+            )?;
+        }
+        if let (Some(per_gb), Some(pct)) = (self.steady_cpu_s_per_gb, self.steady_cpu_pct) {
+            writeln!(
+                f,
+                "steady window {:.1} s: server CPU {pct:.1}% of a core, {per_gb:.3} s per delivered GB",
+                self.steady_window_s
+            )?;
+        }
         match (self.server_cpu_s, self.server_cpu_s_per_gb) {
             (Some(cpu), Some(per_gb)) => {
                 writeln!(f, "server CPU: {cpu:.2} s ({per_gb:.3} s per delivered GB)")?
@@ -495,6 +620,26 @@ mod tests {
     }
 
     #[test]
+    fn lateness_and_losses_count_inside_the_window_only() {
+        let now = Instant::now();
+        let stamped = |seq: u64, sent: u64| FrameInfo {
+            stamp: Some((seq, sent)),
+            ..video(0, &[0x27, 1])
+        };
+        let mut t = PlayerTracker::new();
+        t.late_window = Some((1_000_000, 9_000_000));
+        t.on_frame_read(&stamped(0, 500_000), now, 2_000_000); // before the window
+        t.on_frame_read(&stamped(1, 1_000_000), now, 3_000_000);
+        t.on_frame_read(&stamped(4, 2_000_000), now, 3_000_000); // 2 and 3 lost
+        t.on_frame_read(&stamped(4, 2_000_000), now, 3_000_000); // repeat: ignored
+        t.on_frame_read(&stamped(5, 9_500_000), now, 9_600_000); // after the window
+        assert_eq!(t.late_us, vec![2_000, 1_000]);
+        assert_eq!(t.frames_lost, 2);
+        assert_eq!(t.newest_sent_ns, 9_500_000);
+        assert_eq!(t.stamped_frames, 5);
+    }
+
+    #[test]
     fn first_picture_must_be_a_keyframe() {
         let now = Instant::now();
         let mut t = PlayerTracker::new();
@@ -547,6 +692,11 @@ mod tests {
             steady_elapsed: Duration::ZERO,
             server_cpu: Some(Duration::from_secs(2)),
             client_cpu: Duration::from_secs(1),
+            read_every: Duration::ZERO,
+            window: Duration::ZERO,
+            window_bytes: 0,
+            window_cpu: None,
+            late_until_ns: 0,
         };
         let r = Report::build(&run, &mut results);
         assert_eq!((r.players_connected, r.players_failed), (1, 1));

@@ -65,9 +65,11 @@ pub struct HubConfig {
     pub max_player_skips: usize,
     /// How long a source with no publisher and no players is kept.
     pub source_idle_timeout: Duration,
-    /// Players are woken at most once per this window (one timer per
-    /// source), so each write carries everything that arrived in it.
-    /// Zero wakes players on every frame.
+    /// Write latency budget: players are woken (one timer per source) once
+    /// the oldest frame they have not been given is this old, or sooner
+    /// once a full write's worth is pending (see `wakeup`), so each write
+    /// carries everything since the last. Zero wakes players on every
+    /// frame.
     pub write_coalesce: Duration,
 }
 
@@ -81,7 +83,7 @@ impl Default for HubConfig {
             max_queue_bytes: 16 * 1024 * 1024,
             max_player_skips: 8,
             source_idle_timeout: Duration::from_secs(3),
-            write_coalesce: Duration::from_millis(20),
+            write_coalesce: Duration::from_millis(80),
         }
     }
 }

@@ -405,7 +405,7 @@ impl Source {
         }
         Self::append(&mut state, &self.config, HubItem::Frame(shared), len);
         drop(state);
-        self.wakeup.data(self.coalescing);
+        self.wakeup.data(self.coalescing, len);
     }
 
     fn append(state: &mut SourceState, config: &HubConfig, item: HubItem, len: usize) {

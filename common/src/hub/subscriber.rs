@@ -94,14 +94,15 @@ impl Subscriber {
         self.frames_dropped
     }
 
-    /// Wait until at least one item is available, then move up to
-    /// `max_items` of them into `out`.
+    /// Wait until at least one item is available, then append them to
+    /// `out` until it holds `max_items`.
     pub async fn next_batch(
         &mut self,
         out: &mut Vec<HubItem>,
         max_items: usize,
     ) -> Result<(), SubscribeError> {
         let source = self.source.clone();
+        let before = out.len();
         loop {
             let notified = if self.immediate {
                 source.wakeup.immediate.notified()
@@ -113,14 +114,15 @@ impl Subscriber {
             // and the wait is not missed.
             notified.as_mut().enable();
             self.try_batch(out, max_items)?;
-            if !out.is_empty() {
+            if out.len() > before {
                 return Ok(());
             }
             notified.await;
         }
     }
 
-    /// Move whatever is available now (up to `max_items`) into `out`.
+    /// Append whatever is available now to `out`, until it holds
+    /// `max_items`.
     pub fn try_batch(
         &mut self,
         out: &mut Vec<HubItem>,

@@ -1,24 +1,39 @@
-//! How a source wakes its players, with write coalescing done once per
-//! source instead of once per player.
+//! How a source wakes its players: once the oldest frame they have not
+//! been given reaches the write latency budget, or sooner once a full
+//! write's worth is pending, decided once per source instead of once per
+//! player.
 //!
-//! Without coalescing every push wakes every waiting player. With a
-//! coalescing window, the first push after a flush arms a single per-source
-//! timer; when it fires, all players wake once and each takes everything
-//! that arrived in the window in one write. Players never sleep on their
-//! own timers, so a batch costs each player one wake-up, and the added
-//! latency is bounded by the window. Events that change what a player must
-//! do (publish, unpublish) wake everyone at once.
+//! Every write to a player's socket costs a syscall and, with
+//! `TCP_NODELAY`, a TCP segment through the whole send path, whatever its
+//! size; at 1 Mbit/s a write per frame (or per 20 ms) is dozens of small
+//! segments per player per second, and that per-segment work, not the
+//! bytes, is what fan-out spends its CPU on. So players are not woken per
+//! push: the first push after a flush starts the budget (`write_coalesce`,
+//! default [`super::HubConfig::default`]); when it runs out, every player
+//! wakes once and takes everything that arrived since in one write. A
+//! high-bitrate stream does not wait for the clock: once
+//! [`FLUSH_BYTES`] are pending the flush happens at once. So a frame waits
+//! at most the budget, players never sleep on timers of their own, and a
+//! batch costs each player one wake-up and one write. Events that change
+//! what a player must do (publish, unpublish) wake everyone at once; a
+//! player that joins gets the cached GOP at once (it does not wait for a
+//! flush).
 //!
 //! Relays (an edge pulling from an origin, an edge forwarding a publish)
 //! are not players: they wait on [`Wakeup::immediate`], woken by every
-//! push, so coalescing is applied once, at the node that serves the
-//! viewers, and an edge hop adds no coalescing window of its own.
+//! push, so the budget is spent once, at the node that serves the
+//! viewers, and an edge hop adds no wait of its own.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
+
+/// Payload bytes pending since the last flush at which players are woken
+/// without waiting for the budget: about one maximal loopback/GSO segment,
+/// past which a larger write saves nothing more per byte.
+pub(crate) const FLUSH_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Default)]
 pub(crate) struct Wakeup {
@@ -26,45 +41,59 @@ pub(crate) struct Wakeup {
     pub players: Notify,
     /// What relays wait on: every push.
     pub immediate: Notify,
-    /// Arms the flush timer.
+    /// Starts the budget (first push after a flush).
     flush_requested: Notify,
+    /// Ends it early (enough bytes pending).
+    flush_now: Notify,
     flush_pending: AtomicBool,
+    pending_bytes: AtomicUsize,
     closed: AtomicBool,
 }
 
 impl Wakeup {
-    /// A wake-up policy with a coalescing `window`; zero (or no tokio
-    /// runtime to run the timer on) means every push wakes players at once.
-    pub fn new(window: Duration) -> (Arc<Self>, bool) {
+    /// A wake-up policy with a latency `budget`; zero (or no tokio runtime
+    /// to run the timer on) means every push wakes players at once.
+    pub fn new(budget: Duration) -> (Arc<Self>, bool) {
         let wakeup = Arc::new(Wakeup::default());
-        let coalescing = !window.is_zero()
+        let coalescing = !budget.is_zero()
             && tokio::runtime::Handle::try_current().is_ok_and(|handle| {
                 let flusher = wakeup.clone();
-                handle.spawn(async move { flusher.run_flusher(window).await });
+                handle.spawn(async move { flusher.run_flusher(budget).await });
                 true
             });
         (wakeup, coalescing)
     }
 
-    async fn run_flusher(&self, window: Duration) {
+    async fn run_flusher(&self, budget: Duration) {
         loop {
             self.flush_requested.notified().await;
             if self.closed.load(Ordering::Acquire) {
                 return;
             }
-            tokio::time::sleep(window).await;
+            tokio::select! {
+                _ = tokio::time::sleep(budget) => {}
+                _ = self.flush_now.notified() => {}
+            }
+            self.pending_bytes.store(0, Ordering::Release);
             self.flush_pending.store(false, Ordering::Release);
             self.players.notify_waiters();
         }
     }
 
-    /// New data: wake players now, or at the end of the window.
-    pub fn data(&self, coalescing: bool) {
+    /// New data of `len` payload bytes: wake players now, or when the
+    /// budget runs out or enough is pending.
+    pub fn data(&self, coalescing: bool, len: usize) {
         self.immediate.notify_waiters();
         if !coalescing {
             self.players.notify_waiters();
-        } else if !self.flush_pending.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if !self.flush_pending.swap(true, Ordering::AcqRel) {
             self.flush_requested.notify_one();
+        }
+        let before = self.pending_bytes.fetch_add(len, Ordering::AcqRel);
+        if before < FLUSH_BYTES && before + len >= FLUSH_BYTES {
+            self.flush_now.notify_one();
         }
     }
 
@@ -78,5 +107,47 @@ impl Wakeup {
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.flush_requested.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    #[tokio::test(start_paused = true)]
+    async fn players_wake_at_the_budget_or_once_a_full_write_is_pending() {
+        let budget = Duration::from_millis(80);
+        let (wakeup, coalescing) = Wakeup::new(budget);
+        assert!(coalescing);
+
+        // A small frame waits for the budget, counted from the first push.
+        let woken = wakeup.players.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let start = Instant::now();
+        wakeup.data(true, 1000);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        wakeup.data(true, 1000);
+        woken.await;
+        assert_eq!(start.elapsed(), budget);
+
+        // A full write's worth does not wait.
+        let woken = wakeup.players.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let start = Instant::now();
+        wakeup.data(true, FLUSH_BYTES / 2);
+        wakeup.data(true, FLUSH_BYTES / 2);
+        woken.await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+
+        // Without coalescing every push wakes at once.
+        let woken = wakeup.players.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        wakeup.data(false, 10);
+        woken.await;
+        wakeup.close();
     }
 }

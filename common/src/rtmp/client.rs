@@ -332,6 +332,35 @@ impl RtmpPlayer {
         }
     }
 
+    /// A media frame the server has already sent, without waiting: reads
+    /// what the socket holds now and returns the next decoded frame, or
+    /// `Ok(None)` once nothing complete is left. A player reading on its
+    /// own cadence calls it until `None`, then [`RtmpPlayer::write_pending`]
+    /// (acknowledgements). The server closing is [`ClientError::Closed`].
+    pub fn try_next_frame(&mut self) -> Result<Option<MediaFrame>, ClientError> {
+        let conn = &mut self.conn;
+        loop {
+            while let Some(event) = conn.session.poll_event() {
+                if let ClientEvent::Media { frame, .. } = event {
+                    return Ok(Some(frame));
+                }
+            }
+            conn.read_buf.reserve(READ_RESERVE);
+            match conn.socket.try_read_buf(&mut conn.read_buf) {
+                Ok(0) => return Err(ClientError::Closed("playing")),
+                Ok(_) => conn.session.handle_input(&mut conn.read_buf)?,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+
+    /// Writes what the session has queued for the server (acknowledgements,
+    /// pongs).
+    pub async fn write_pending(&mut self) -> Result<(), ClientError> {
+        self.conn.write_output().await
+    }
+
     pub fn bytes_received(&self) -> u64 {
         self.conn.session.bytes_received()
     }

@@ -8,7 +8,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::clients::{ClientGuard, ClientRole, Transport};
 use crate::flv;
@@ -74,7 +73,7 @@ where
         role = tracing::field::Empty
     );
     async move {
-        let (io, clock) = StallIo::new(stream);
+        let (io, clock) = StallIo::new(stream, ctx.settings.player_write_timeout);
         let service = {
             let (ctx, guard) = (ctx.clone(), guard.clone());
             service_fn(move |req| {
@@ -97,7 +96,7 @@ where
 }
 
 /// Run the connection until it ends, a shutdown or kick ends it, or its
-/// writes stall past the player write timeout.
+/// writes stall past the player write timeout ([`StallIo`] fails them).
 async fn drive<C>(
     conn: C,
     ctx: &ServerContext,
@@ -108,14 +107,13 @@ where
     C: std::future::Future<Output = hyper::Result<()>> + GracefulConn,
 {
     let mut conn = std::pin::pin!(conn);
-    let stall_limit = ctx.settings.player_write_timeout;
-    let mut watchdog = tokio::time::interval(Duration::from_millis(500));
     let mut closing = false;
     loop {
         tokio::select! {
             result = conn.as_mut() => {
                 return match result {
                     Ok(()) => "connection closed",
+                    Err(_) if clock.stalled() => "player accepted no data within player_write_timeout",
                     Err(e) if e.is_timeout() => "no request within handshake_timeout",
                     Err(_) => "connection error",
                 };
@@ -127,11 +125,6 @@ where
             _ = guard.entry().kick.cancelled(), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
-            }
-            _ = watchdog.tick() => {
-                if clock.blocked_for() > stall_limit {
-                    return "player accepted no data within player_write_timeout";
-                }
             }
         }
     }
@@ -348,8 +341,8 @@ async fn play(
     // stream is a 404 rather than an empty 200.
     let mut first = Vec::new();
     while playback.is_waiting_for_publisher() {
-        match playback.next().await {
-            Ok(Step::Items { items, .. }) => first.extend(items),
+        match playback.next(&mut first).await {
+            Ok(Step::Items { .. }) => {}
             Ok(Step::Stop(_)) | Err(_) => {
                 guard.set_role(ClientRole::Pending, None);
                 tracing::info!("play refused: stream not published");
@@ -360,30 +353,29 @@ async fn play(
     tracing::info!("play started");
     let source = playback.source().clone();
     let mut first_batch = TagBatch::from(flv::file_header(true, true));
-    for tag in tags_of(first) {
-        first_batch.push(tag);
-    }
+    push_tags(&mut first_batch, &mut first);
     let initial = stream::iter([Ok(Frame::data(first_batch))]);
-    let live = stream::unfold(Some(playback), move |state| {
+    let live = stream::unfold(Some((playback, first)), move |state| {
         // Held as long as the body: dropped, it sends `on_stop`.
         let _authorized = &authorized;
         let source = source.clone();
         async move {
-            let mut playback = state?;
+            let (mut playback, mut items) = state?;
             loop {
-                match playback.next().await {
-                    Ok(Step::Items { items, then_stop }) => {
-                        let batch: TagBatch = tags_of(items).into_iter().collect();
+                match playback.next(&mut items).await {
+                    Ok(Step::Items { then_stop }) => {
+                        let mut batch = TagBatch::with_capacity(items.len());
+                        push_tags(&mut batch, &mut items);
                         source.add_bytes_out(bytes::Buf::remaining(&batch) as u64);
                         let next = if then_stop.is_some() {
                             None
                         } else {
-                            Some(playback)
+                            Some((playback, items))
                         };
                         if !batch.is_empty() {
                             return Some((Ok(Frame::data(batch)), next));
                         }
-                        playback = next?;
+                        (playback, items) = next?;
                     }
                     Ok(Step::Stop(reason)) => {
                         tracing::info!(reason, "play ended");
@@ -402,14 +394,14 @@ async fn play(
     flv_response(BodyExt::boxed(body))
 }
 
-fn tags_of(items: Vec<HubItem>) -> Vec<Bytes> {
-    items
-        .into_iter()
-        .filter_map(|item| match item {
-            HubItem::Frame(frame) => Some(frame.flv_tag().clone()),
-            HubItem::Unpublished | HubItem::Published => None,
-        })
-        .collect()
+/// Moves the FLV tags of `items` into `batch`, leaving `items` empty (and
+/// its allocation for the next batch).
+fn push_tags(batch: &mut TagBatch, items: &mut Vec<HubItem>) {
+    for item in items.drain(..) {
+        if let HubItem::Frame(frame) = item {
+            batch.push(frame.flv_tag().clone());
+        }
+    }
 }
 
 #[cfg(test)]

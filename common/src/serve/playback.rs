@@ -5,14 +5,16 @@
 //!
 //! The protocol glue (RTMP, HTTP-FLV) only turns the items into bytes.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::hub::{HubItem, SubscribeError, Subscriber};
-use crate::lifecycle::Shutdown;
 
 use super::settings::Republish;
 use super::ServerContext;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use std::future::Future;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -23,19 +25,40 @@ const KEYFRAME_BOUNDARY_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 pub enum Step {
-    /// Items to write, in order. `then_stop` is set when the connection
-    /// must end right after writing them.
+    /// Items to write, in order, were appended to the caller's buffer.
+    /// `then_stop` is set when the connection must end right after writing
+    /// them.
     Items {
-        items: Vec<HubItem>,
         then_stop: Option<&'static str>,
     },
     Stop(&'static str),
 }
 
+/// Which stop signal fired.
+enum Stop {
+    CloseAll,
+    Kicked,
+    ClosePlayers,
+}
+
+/// The stop signals (shutdown, kick, drain), waited on for the whole play.
+/// A `FuturesUnordered` polls only the signals that were woken, so the
+/// wake-up a batch of frames causes does not poll (and lock) every token.
+type StopSignals = FuturesUnordered<Pin<Box<dyn Future<Output = Stop> + Send + Sync>>>;
+
+fn stop_signal(
+    token: CancellationToken,
+    stop: Stop,
+) -> Pin<Box<dyn Future<Output = Stop> + Send + Sync>> {
+    Box::pin(async move {
+        token.cancelled_owned().await;
+        stop
+    })
+}
+
 pub struct Playback {
     subscriber: Subscriber,
-    shutdown: Shutdown,
-    kick: CancellationToken,
+    stops: StopSignals,
     play_wait_timeout: Duration,
     /// End the play at the first unpublish (see
     /// [`super::StreamDirectory::unpublish_ends_play`]).
@@ -50,8 +73,13 @@ impl Playback {
         let published = subscriber.source().is_publishing();
         Playback {
             subscriber,
-            shutdown: ctx.shutdown.clone(),
-            kick,
+            stops: [
+                stop_signal(ctx.shutdown.close_all.clone(), Stop::CloseAll),
+                stop_signal(kick, Stop::Kicked),
+                stop_signal(ctx.shutdown.close_players.clone(), Stop::ClosePlayers),
+            ]
+            .into_iter()
+            .collect(),
             play_wait_timeout: ctx.settings.play_wait_timeout,
             unpublish_ends_play: ctx.streams.unpublish_ends_play()
                 || ctx.settings.republish == Republish::End,
@@ -74,33 +102,39 @@ impl Playback {
         self.unpublished_since.is_some()
     }
 
-    pub async fn next(&mut self) -> Result<Step, SubscribeError> {
-        let mut items = Vec::new();
+    /// Waits for the next items and appends them to `items` (the caller
+    /// keeps one buffer for the life of the play: no allocation per batch).
+    pub async fn next(&mut self, items: &mut Vec<HubItem>) -> Result<Step, SubscribeError> {
+        let start = items.len();
         loop {
             let wait_deadline = self.unpublished_since.map(|t| t + self.play_wait_timeout);
             let closing_deadline = self.closing_since.map(|t| t + KEYFRAME_BOUNDARY_WAIT);
             tokio::select! {
                 biased;
-                _ = self.shutdown.close_all.cancelled() => return Ok(Step::Stop("server shutting down")),
-                _ = self.kick.cancelled() => return Ok(Step::Stop("kicked through the API")),
-                _ = self.shutdown.close_players.cancelled(), if self.closing_since.is_none() => {
-                    self.closing_since = Some(Instant::now());
-                    continue;
-                }
+                Some(stop) = self.stops.next(), if !self.stops.is_empty() => match stop {
+                    Stop::CloseAll => return Ok(Step::Stop("server shutting down")),
+                    Stop::Kicked => return Ok(Step::Stop("kicked through the API")),
+                    Stop::ClosePlayers => {
+                        self.closing_since.get_or_insert_with(Instant::now);
+                        continue;
+                    }
+                },
                 _ = sleep_until_opt(wait_deadline) => return Ok(Step::Stop("no publisher within play_wait_timeout")),
                 _ = sleep_until_opt(closing_deadline) => return Ok(Step::Stop("drain deadline")),
-                result = self.subscriber.next_batch(&mut items, MAX_BATCH) => result?,
+                result = self.subscriber.next_batch(items, start + MAX_BATCH) => result?,
             }
             if self.unpublish_ends_play && !self.is_waiting_for_publisher() {
-                if let Some(at) = items.iter().position(|i| matches!(i, HubItem::Unpublished)) {
-                    items.truncate(at + 1);
+                if let Some(at) = items[start..]
+                    .iter()
+                    .position(|i| matches!(i, HubItem::Unpublished))
+                {
+                    items.truncate(start + at + 1);
                     return Ok(Step::Items {
-                        items,
                         then_stop: Some("stream ended upstream"),
                     });
                 }
             }
-            for item in &items {
+            for item in &items[start..] {
                 match item {
                     HubItem::Unpublished => self.unpublished_since = Some(Instant::now()),
                     HubItem::Published => self.unpublished_since = None,
@@ -108,21 +142,17 @@ impl Playback {
                 }
             }
             if self.closing_since.is_some() {
-                if let Some(at) = items
+                if let Some(at) = items[start..]
                     .iter()
                     .position(|i| matches!(i, HubItem::Frame(f) if f.frame.is_keyframe()))
                 {
-                    items.truncate(at);
+                    items.truncate(start + at);
                     return Ok(Step::Items {
-                        items,
                         then_stop: Some("drain deadline (at a keyframe boundary)"),
                     });
                 }
             }
-            return Ok(Step::Items {
-                items,
-                then_stop: None,
-            });
+            return Ok(Step::Items { then_stop: None });
         }
     }
 }

@@ -7,10 +7,13 @@
 //! send. Protocol decisions live in the session; stream decisions in the
 //! hub; this file only joins them and enforces the timeouts.
 
+use std::future::Future;
 use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use crate::clients::{ClientGuard, ClientRole, Transport};
@@ -487,7 +490,10 @@ impl Connection {
         let source = playback.source().clone();
         let write_timeout = self.ctx.settings.player_write_timeout;
         let mut segments: Vec<Bytes> = Vec::with_capacity(64);
-        let reconnect = self.ctx.shutdown.reconnect.clone();
+        let mut items: Vec<HubItem> = Vec::with_capacity(64);
+        // Registered once for the play, not again per batch.
+        let reconnect = self.ctx.shutdown.reconnect.clone().cancelled_owned();
+        tokio::pin!(reconnect);
         let mut asked_to_reconnect = false;
         // Who hears of a publisher leaving and another coming: players
         // whose play ends there, and clients that announced Enhanced RTMP
@@ -498,13 +504,13 @@ impl Connection {
         let mut unpublish_notified = false;
         loop {
             let step = tokio::select! {
-                _ = reconnect.cancelled(), if !asked_to_reconnect => {
+                _ = reconnect.as_mut(), if !asked_to_reconnect => {
                     asked_to_reconnect = true;
                     self.ask_to_reconnect();
                     self.flush_session().await?;
                     continue;
                 }
-                step = playback.next() => step.map_err(|e| anyhow!("{e}"))?,
+                step = playback.next(&mut items) => step.map_err(|e| anyhow!("{e}"))?,
                 more = self.read_some() => {
                     if !more? {
                         return Ok("player closed the connection");
@@ -516,8 +522,8 @@ impl Connection {
                     continue;
                 }
             };
-            let (items, then_stop) = match step {
-                Step::Items { items, then_stop } => (items, then_stop),
+            let then_stop = match step {
+                Step::Items { then_stop } => then_stop,
                 Step::Stop(reason) => {
                     if !started {
                         self.session.reject_play(
@@ -534,7 +540,7 @@ impl Connection {
                     return Ok(reason);
                 }
             };
-            for item in items {
+            for item in items.drain(..) {
                 match item {
                     HubItem::Frame(frame) => {
                         if !started {
@@ -658,8 +664,13 @@ impl Connection {
     }
 }
 
+/// Most buffers handed to one `writev`.
+const MAX_IOVECS: usize = 64;
+
 /// Write every segment with vectored writes (no copying them together),
-/// failing if the socket accepts nothing for `stall_timeout`.
+/// failing if the socket accepts nothing for `stall_timeout`. The stall
+/// deadline is armed only once a write would block: a write the socket
+/// takes at once (nearly all of them) costs no timer and no allocation.
 pub async fn write_all_segments<W: AsyncWrite + Unpin>(
     writer: &mut W,
     segments: &[Bytes],
@@ -668,19 +679,40 @@ pub async fn write_all_segments<W: AsyncWrite + Unpin>(
     let mut index = 0;
     let mut offset = 0;
     let mut written = 0u64;
+    let mut stall: Option<Pin<Box<tokio::time::Sleep>>> = None;
     while index < segments.len() {
-        let slices: Vec<IoSlice<'_>> = std::iter::once(&segments[index][offset..])
-            .chain(segments[index + 1..].iter().map(|b| &b[..]))
-            .take(64)
-            .map(IoSlice::new)
-            .collect();
-        let n = match tokio::time::timeout(stall_timeout, writer.write_vectored(&slices)).await {
-            Ok(result) => result.context("write failed")?,
-            Err(_) => bail!("player accepted no data for {stall_timeout:?}"),
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let parts = std::iter::once(&segments[index][offset..])
+            .chain(segments[index + 1..].iter().map(|b| &b[..]));
+        let mut count = 0;
+        for (slot, part) in slices.iter_mut().zip(parts) {
+            *slot = IoSlice::new(part);
+            count += 1;
+        }
+        let slices = &slices[..count];
+        let result = std::future::poll_fn(|cx| {
+            match Pin::new(&mut *writer).poll_write_vectored(cx, slices) {
+                Poll::Ready(result) => Poll::Ready(Some(result)),
+                Poll::Pending => {
+                    let deadline =
+                        stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(stall_timeout)));
+                    match deadline.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(None),
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
+            }
+        })
+        .await;
+        let n = match result {
+            Some(result) => result.context("write failed")?,
+            None => bail!("player accepted no data for {stall_timeout:?}"),
         };
         if n == 0 {
             bail!("write returned 0 bytes");
         }
+        // Progress: the stall deadline starts again at the next block.
+        stall = None;
         written += n as u64;
         let mut remaining = n;
         while remaining > 0 && index < segments.len() {

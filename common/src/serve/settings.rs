@@ -107,7 +107,7 @@ pub struct SettingsArgs {
     /// Skips within a minute after which a slow player is disconnected. [default: 8]
     #[arg(long, env = "BATON_MAX_PLAYER_SKIPS")]
     pub max_player_skips: Option<usize>,
-    /// Players batch writes for at most this long (0 = write each frame at once); trades a little latency for far fewer syscalls. [default: 20ms]
+    /// Write latency budget: a player's socket is written once the oldest frame not yet written to it is this old, or sooner once 64 KiB are pending (0 = write each frame at once). Each write, with TCP_NODELAY a TCP segment, costs the same whatever its size, so this trades a little latency for far fewer of them; relays (edge pulls/forwards) never wait. [default: 80ms]
     #[arg(long, env = "BATON_WRITE_COALESCE")]
     pub write_coalesce: Option<HumanDuration>,
     /// When a stream's publisher leaves and another comes: "splice" keeps

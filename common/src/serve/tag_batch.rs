@@ -19,6 +19,13 @@ pub struct TagBatch {
 }
 
 impl TagBatch {
+    pub fn with_capacity(parts: usize) -> Self {
+        TagBatch {
+            parts: VecDeque::with_capacity(parts),
+            remaining: 0,
+        }
+    }
+
     pub fn push(&mut self, part: Bytes) {
         if !part.is_empty() {
             self.remaining += part.len();

@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# Fan-out cost and lateness: Baton, SRS and nginx-rtmp in one sitting.
+#
+# For each server in turn (pinned to core 0): `baton-bench publish --stamp`
+# (core 1) publishes the synthetic ~1 Mbit/s stream with a wall-clock send
+# stamp in every frame; then, for each player count and protocol,
+# `baton-bench fanout` (core 1) opens the players, which read their socket
+# every $READ_EVERY (like clients behind real round trips; 0 = on arrival),
+# and reports the server's CPU per delivered GB over the steady window,
+# lateness (read time minus send time), players behind, frames lost and
+# first-keyframe time. Writes bench/out/peers.md and prints it.
+#
+# Environment:
+#   COUNTS="1000 2000 4000"   players per point
+#   PROTOCOLS="rtmp http"     nginx-rtmp only ever runs rtmp
+#   SERVERS="baton srs nginx"
+#   READ_EVERY=200ms          player read cadence (0s: on arrival)
+#   DURATION=32               seconds per point (steady window: the run
+#                             minus the ramp minus 1 s)
+#   RAMP=2000/s BITRATE=1080k
+#   SRS_BIN=/path/to/objs/srs     SRS built from source (its trunk dir is
+#                             the binary's ../); configured from its own
+#                             conf/http.flv.live.conf (merged-write defaults
+#                             untouched), only ports, max_connections and
+#                             the pid file changed
+#   BATON_VARIANTS="baton=path [label=path ...]"   baton-origin binaries,
+#                             each run as its own server (default: this
+#                             tree's release build, labelled baton)
+#   BATON_ARGS="..."          extra flags for every baton-origin
+#   ARGS_<label>="..."        extra flags for the variant <label> only
+#   BUILD=1 TAG=              BUILD=0 skips cargo; TAG names the output
+#
+# Needs: nginx + libnginx-mod-rtmp (apt), jq, taskset, 2 cores.
+set -euo pipefail
+
+# fanout.sh gives these its own defaults: take ours first.
+SERVERS=${SERVERS:-"baton srs nginx"}
+DURATION=${DURATION:-32}
+# shellcheck source=bench/fanout.sh
+source "$(dirname "${BASH_SOURCE[0]}")/fanout.sh"
+
+COUNTS=${COUNTS:-"1000 2000 4000"}
+PROTOCOLS=${PROTOCOLS:-"rtmp http"}
+READ_EVERY=${READ_EVERY:-200ms}
+BITRATE=${BITRATE:-1080k}
+SRS_BIN=${SRS_BIN:-/work/peers/srs/trunk/objs/srs}
+BATON_VARIANTS=${BATON_VARIANTS:-"baton=$ORIGIN"}
+TAG=${TAG:-}
+SRS_RTMP=${BENCH_SRS_RTMP:-127.0.0.1:19352}
+SRS_HTTP=${BENCH_SRS_HTTP:-127.0.0.1:18082}
+
+# publish_synth LABEL URL: the stamped synthetic publisher, on core 1.
+publish_synth() {
+    local label=$1 url=$2
+    taskset -c 1 "$BENCH" publish --stamp --bitrate "$BITRATE" --duration 0s --url "$url" \
+        >"$OUT/publish-$label.log" 2>&1 &
+    PUB_PID=$!
+    PIDS+=("$PUB_PID")
+}
+
+# points LABEL SERVER_PID RTMP_URL HTTP_URL: every count and protocol.
+POINTS=()
+points() {
+    local label=$1 pid=$2 rtmp=$3 http=$4 n proto url json
+    for n in $COUNTS; do
+        for proto in $PROTOCOLS; do
+            case $proto in
+            rtmp) url=$rtmp ;;
+            http) url=$http ;;
+            *) die "unknown protocol $proto (rtmp, http)" ;;
+            esac
+            [[ -n $url ]] || continue
+            "$BENCH" probe --url "$url" --timeout 15s ||
+                die "$label: $url is not playable (publisher log: $OUT/publish-$label.log)"
+            json=$OUT/peers${TAG:+-$TAG}-$label-$proto-$n.json
+            log "$label $proto: $n players reading every $READ_EVERY for ${DURATION}s (load $(cut -d' ' -f1-3 /proc/loadavg))"
+            taskset -c 1 "$BENCH" fanout --url "$url" --players "$n" --duration "${DURATION}s" \
+                --ramp "$RAMP" --read-every "$READ_EVERY" --label "$label" \
+                --server-pid "$pid" --json "$json" --quiet
+            kill -0 "$pid" 2>/dev/null || die "$label died during the run"
+            jq --arg load "$(cut -d' ' -f1 /proc/loadavg)" '. + {load: $load}' "$json" >"$json.tmp" &&
+                mv "$json.tmp" "$json"
+            POINTS+=("$json")
+            sleep 2
+        done
+    done
+}
+
+run_baton_variant() {
+    local label=$1 bin=$2 logfile=$OUT/peers-$1.log pid
+    log "$label: $bin (core 0)"
+    [[ -x $bin ]] || die "$bin is not an executable"
+    local extra_var="ARGS_$label"
+    # shellcheck disable=SC2086 # BATON_ARGS and ARGS_<label> are lists of extra flags
+    taskset -c 0 "$bin" --rtmp "$BATON_RTMP" --http "$BATON_HTTP" --api "$BATON_API" ${BATON_ARGS:-} \
+        ${!extra_var:-} >"$logfile" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_port "$BATON_RTMP" "$pid" "$label" "$logfile"
+    wait_port "$BATON_HTTP" "$pid" "$label" "$logfile"
+    publish_synth "$label" "rtmp://$BATON_RTMP/live/bench"
+    points "$label" "$pid" "rtmp://$BATON_RTMP/live/bench" "http://$BATON_HTTP/live/bench.flv"
+    stop "$PUB_PID"
+    stop "$pid"
+}
+
+run_srs() {
+    local dir=$OUT/srs trunk pid
+    [[ -x $SRS_BIN ]] || die "SRS_BIN=$SRS_BIN is not an executable (build SRS, or set SRS_BIN)"
+    trunk=$(cd "$(dirname "$SRS_BIN")/.." && pwd)
+    [[ -f $trunk/conf/http.flv.live.conf ]] || die "$trunk/conf/http.flv.live.conf missing"
+    mkdir -p "$dir"
+    # The shipped HTTP-FLV config with our ports, enough connections and
+    # our pid file; everything else (merged writes: mw_latency 350 ms,
+    # mw_msgs 8 by default) as SRS ships it.
+    sed -e "s/^listen .*/listen              ${SRS_RTMP##*:};/" \
+        -e "s/^max_connections .*/max_connections     12000;/" \
+        -e "s/^\(\s*\)listen\(\s*\)8080;/\1listen\2${SRS_HTTP##*:};/" \
+        "$trunk/conf/http.flv.live.conf" >"$dir/srs.conf"
+    echo "pid $dir/srs.pid;" >>"$dir/srs.conf"
+    grep -q "^listen .*${SRS_RTMP##*:};" "$dir/srs.conf" || die "could not set the SRS RTMP port"
+    grep -q "listen .*${SRS_HTTP##*:};" "$dir/srs.conf" || die "could not set the SRS HTTP port"
+    log "SRS $("$SRS_BIN" -v 2>&1 | head -n1) (core 0)"
+    (cd "$trunk" && exec taskset -c 0 "$SRS_BIN" -c "$dir/srs.conf") >"$dir/srs.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_port "$SRS_RTMP" "$pid" srs "$dir/srs.log"
+    wait_port "$SRS_HTTP" "$pid" srs "$dir/srs.log"
+    publish_synth srs "rtmp://$SRS_RTMP/live/bench"
+    points srs "$pid" "rtmp://$SRS_RTMP/live/bench" "http://$SRS_HTTP/live/bench.flv"
+    stop "$PUB_PID"
+    stop "$pid"
+}
+
+run_nginx_peer() {
+    local dir=$OUT/nginx pid
+    [[ -f $NGINX_RTMP_MODULE ]] ||
+        die "$NGINX_RTMP_MODULE missing: apt-get install -y nginx libnginx-mod-rtmp"
+    mkdir -p "$dir/logs"
+    cat >"$dir/nginx.conf" <<EOF
+load_module $NGINX_RTMP_MODULE;
+user root;
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
+events {
+    worker_connections 20000;
+}
+rtmp {
+    server {
+        listen $NGINX_RTMP;
+        chunk_size 4096;
+        application live {
+            live on;
+        }
+    }
+}
+EOF
+    log "nginx-rtmp (core 0)"
+    taskset -c 0 nginx -p "$dir/" -c "$dir/nginx.conf" >"$dir/logs/stderr.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_port "$NGINX_RTMP" "$pid" nginx "$dir/logs/error.log"
+    publish_synth nginx-rtmp "rtmp://$NGINX_RTMP/live/bench"
+    points nginx-rtmp "$pid" "rtmp://$NGINX_RTMP/live/bench" ""
+    stop "$PUB_PID"
+    stop "$pid"
+}
+
+table() {
+    echo "| server | protocol | players ok / asked | steady CPU-s per GB | server CPU % | late p50 / p99 / max (ms) | per-player late p99: p50 / max (ms) | players behind | frames lost | first keyframe p50 / p99 (ms) | video gap p99 (ms) | load |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    jq -r '"| \(.label) | \(.protocol) | \(.players_connected - .players_disconnected_early) / \(.players_requested) | \(.steady_cpu_s_per_gb // 0 | . * 100 | round / 100) | \(.steady_cpu_pct // 0 | round) | \(.late_ms.p50 | round) / \(.late_ms.p99 | round) / \(.late_ms.max | round) | \(.player_late_p99_ms.p50 | round) / \(.player_late_p99_ms.max | round) | \(.players_behind) | \(.frames_lost) | \(.first_keyframe_ms.p50 | round) / \(.first_keyframe_ms.p99 | round) | \(.gap_ms.p99 | round) | \(.load // "?") |"' "$@"
+}
+
+peers_main() {
+    local s variant
+    install_missing
+    command -v jq >/dev/null || die "jq not found: apt-get install -y jq"
+    [[ $(nproc) -ge 2 ]] || die "needs at least 2 cores (server on core 0, load on core 1)"
+    mkdir -p "$OUT"
+    ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+    if [[ ${BUILD:-1} != 0 ]]; then
+        log "building (release)"
+        (cd "$ROOT" && cargo build --release -p baton-bench -p baton-origin)
+    fi
+    [[ -x $BENCH ]] || die "$BENCH not built"
+    for s in $SERVERS; do
+        case $s in
+        baton)
+            for variant in $BATON_VARIANTS; do
+                run_baton_variant "${variant%%=*}" "${variant#*=}"
+            done
+            ;;
+        srs) run_srs ;;
+        nginx) run_nginx_peer ;;
+        *) die "unknown server '$s' in SERVERS (baton, srs, nginx)" ;;
+        esac
+    done
+    log "results"
+    {
+        echo "# Fan-out with players reading every $READ_EVERY: ${COUNTS// //} players, ${DURATION} s per point"
+        echo
+        echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r), git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo none); load average at the end of each point in the last column."
+        echo "Server on core 0; publisher (baton-bench publish --stamp, $BITRATE) and players on core 1."
+        echo "CPU is the server's own over the steady window (after the ramp), per GB delivered in it."
+        echo "Late = when a player's read took a frame out of its socket minus when the publisher sent it (same wall clock)."
+        echo
+        table "${POINTS[@]}"
+    } | tee "$OUT/peers${TAG:+-$TAG}.md"
+}
+
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+    peers_main "$@"
+fi
