@@ -189,13 +189,14 @@ impl ClientRegistry {
             input_buffered: AtomicU64::new(0),
             kick: CancellationToken::new(),
         });
-        let count = {
+        {
+            // The count is published under the map's lock: published after
+            // it, two concurrent changes could leave a stale count last.
             let mut clients = self.clients();
             clients.insert(id, entry.clone());
-            clients.len()
-        };
+            self.inner.count.send_replace(clients.len());
+        }
         self.role_changed(None, Some(ClientRole::Pending));
-        self.inner.count.send_replace(count);
         metrics::counter!("baton_connections_accepted_total", "transport" => transport.as_str())
             .increment(1);
         ClientGuard {
@@ -289,14 +290,16 @@ impl ClientGuard {
 
 impl Drop for ClientGuard {
     fn drop(&mut self) {
-        let count = {
+        {
+            // Published under the lock (see `register`): a mass disconnect
+            // on several threads must not end on a stale count, which would
+            // hold a drain or a fast exit open.
             let mut clients = self.registry.clients();
             clients.remove(&self.entry.id);
             crate::hub::shrink_if_mostly_empty(&mut clients);
-            clients.len()
-        };
+            self.registry.inner.count.send_replace(clients.len());
+        }
         self.registry.role_changed(Some(self.entry.role()), None);
-        self.registry.inner.count.send_replace(count);
     }
 }
 
