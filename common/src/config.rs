@@ -32,6 +32,18 @@ pub struct DurationError {
     reason: &'static str,
 }
 
+/// `"1.5 GiB"` → `(1.5, "GiB")`: the leading number and the unit after
+/// it, for the human-written quantities in settings (durations, sizes).
+pub(crate) fn number_and_unit(input: &str) -> Result<(f64, &str), &'static str> {
+    let trimmed = input.trim();
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let value: f64 = number.parse().map_err(|_| "not a number")?;
+    Ok((value, unit.trim()))
+}
+
 impl FromStr for HumanDuration {
     type Err = DurationError;
 
@@ -40,13 +52,8 @@ impl FromStr for HumanDuration {
             input: input.to_string(),
             reason,
         };
-        let trimmed = input.trim();
-        let split = trimmed
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(trimmed.len());
-        let (number, unit) = trimmed.split_at(split);
-        let value: f64 = number.parse().map_err(|_| err("not a number"))?;
-        let millis_per_unit = match unit.trim() {
+        let (value, unit) = number_and_unit(input).map_err(err)?;
+        let millis_per_unit = match unit {
             "" | "ms" => 1.0,
             "s" | "sec" => 1_000.0,
             "m" | "min" => 60_000.0,

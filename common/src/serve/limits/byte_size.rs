@@ -24,13 +24,8 @@ impl FromStr for ByteSize {
             input: input.to_string(),
             reason,
         };
-        let trimmed = input.trim();
-        let split = trimmed
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(trimmed.len());
-        let (number, unit) = trimmed.split_at(split);
-        let value: f64 = number.parse().map_err(|_| err("not a number"))?;
-        let multiplier: f64 = match unit.trim() {
+        let (value, unit) = crate::config::number_and_unit(input).map_err(err)?;
+        let multiplier: f64 = match unit {
             "" | "B" => 1.0,
             "k" | "kB" | "KB" => 1e3,
             "KiB" | "K" => 1024.0,
