@@ -102,26 +102,34 @@ fn fixture_args(out: &Path) -> Vec<String> {
 /// `ffmpeg -re -stream_loop -1 -i FILE -c copy -f flv URL` in the
 /// background (killed on drop; its output goes to `log`).
 pub fn publish_loop(file: &Path, rtmp_url: &str, log: impl Into<PathBuf>) -> Background {
-    Background::spawn(
-        "ffmpeg",
-        [
-            "-hide_banner",
-            "-nostdin",
-            "-v",
-            "warning",
-            "-re",
-            "-stream_loop",
-            "-1",
-            "-i",
-            &file.to_string_lossy(),
-            "-c",
-            "copy",
-            "-f",
-            "flv",
-            rtmp_url,
-        ],
-        log,
-    )
+    publish_loop_with(file, &[], rtmp_url, log)
+}
+
+/// [`publish_loop`] with output options before the URL (e.g. RTMPS's
+/// `-tls_verify 1 -ca_file CA`).
+pub fn publish_loop_with(
+    file: &Path,
+    output_options: &[&str],
+    rtmp_url: &str,
+    log: impl Into<PathBuf>,
+) -> Background {
+    let file = file.to_string_lossy();
+    let mut args = vec![
+        "-hide_banner",
+        "-nostdin",
+        "-v",
+        "warning",
+        "-re",
+        "-stream_loop",
+        "-1",
+        "-i",
+        &file,
+        "-c",
+        "copy",
+    ];
+    args.extend_from_slice(output_options);
+    args.extend_from_slice(&["-f", "flv", rtmp_url]);
+    Background::spawn("ffmpeg", args, log)
 }
 
 /// `ffprobe -v error -show_entries stream=codec_name,codec_type -of json URL`

@@ -47,8 +47,7 @@ fn metric(text: &str, name: &str) -> f64 {
 #[cfg(feature = "interop")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffmpeg_publishes_over_rtmps_and_plays_over_https_flv() {
-    use baton_tests::ffmpeg::{self, fixture_flv};
-    use baton_tests::tools::Background;
+    use baton_tests::ffmpeg::{self, fixture_flv, publish_loop_with};
 
     let pki = TestPki::new("baton test CA");
     let cert = pki.issue("origin", &NAMES);
@@ -60,28 +59,10 @@ async fn ffmpeg_publishes_over_rtmps_and_plays_over_https_flv() {
     let ca = pki.ca.display().to_string();
     let file = fixture_flv().await;
     let publish_url = format!("rtmps://localhost:{}/live/tls", rtmps.port());
-    let _publisher = Background::spawn(
-        "ffmpeg",
-        [
-            "-hide_banner",
-            "-nostdin",
-            "-v",
-            "warning",
-            "-re",
-            "-stream_loop",
-            "-1",
-            "-i",
-            &file.to_string_lossy(),
-            "-c",
-            "copy",
-            "-tls_verify",
-            "1",
-            "-ca_file",
-            &ca,
-            "-f",
-            "flv",
-            &publish_url,
-        ],
+    let _publisher = publish_loop_with(
+        &file,
+        &["-tls_verify", "1", "-ca_file", &ca],
+        &publish_url,
         origin.dir().join("ffmpeg-publish.log"),
     );
     let published = eventually(Duration::from_secs(10), || async {
