@@ -136,29 +136,7 @@ run_nginx_peer() {
     local dir=$OUT/nginx pid
     [[ -f $NGINX_RTMP_MODULE ]] ||
         die "$NGINX_RTMP_MODULE missing: apt-get install -y nginx libnginx-mod-rtmp"
-    mkdir -p "$dir/logs"
-    cat >"$dir/nginx.conf" <<EOF
-load_module $NGINX_RTMP_MODULE;
-user root;
-daemon off;
-master_process on;
-worker_processes 1;
-worker_rlimit_nofile 20000;
-pid $dir/nginx.pid;
-error_log $dir/logs/error.log warn;
-events {
-    worker_connections 20000;
-}
-rtmp {
-    server {
-        listen $NGINX_RTMP;
-        chunk_size 4096;
-        application live {
-            live on;
-        }
-    }
-}
-EOF
+    write_nginx_conf "$dir"
     log "nginx-rtmp (core 0)"
     taskset -c 0 nginx -p "$dir/" -c "$dir/nginx.conf" >"$dir/logs/stderr.log" 2>&1 &
     pid=$!

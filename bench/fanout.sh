@@ -135,11 +135,10 @@ run_baton() {
     stop "$pid"
 }
 
-run_nginx() {
-    local dir=$OUT/nginx pid
-    log "nginx-rtmp (core 0)"
-    [[ -f $NGINX_RTMP_MODULE ]] ||
-        die "$NGINX_RTMP_MODULE missing: apt-get install -y nginx libnginx-mod-rtmp"
+# nginx-rtmp's config for the benches (one worker, 20000 connections) in
+# DIR/nginx.conf, logs under DIR/logs.
+write_nginx_conf() {
+    local dir=$1
     mkdir -p "$dir/logs"
     cat >"$dir/nginx.conf" <<EOF
 load_module $NGINX_RTMP_MODULE;
@@ -163,6 +162,14 @@ rtmp {
     }
 }
 EOF
+}
+
+run_nginx() {
+    local dir=$OUT/nginx pid
+    log "nginx-rtmp (core 0)"
+    [[ -f $NGINX_RTMP_MODULE ]] ||
+        die "$NGINX_RTMP_MODULE missing: apt-get install -y nginx libnginx-mod-rtmp"
+    write_nginx_conf "$dir"
     # taskset applies to the master and is inherited by its worker.
     taskset -c 0 nginx -p "$dir/" -c "$dir/nginx.conf" >"$dir/logs/stderr.log" 2>&1 &
     pid=$!
