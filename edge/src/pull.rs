@@ -43,6 +43,13 @@ const RELOCATE_EVERY: Duration = Duration::from_millis(300);
 /// consumed), and the timeline it announced.
 type Prepared = Result<(OriginAddr, Upstream, Option<String>), String>;
 
+/// A make-before-break move under way: where it goes (if anywhere) and
+/// the prepared upstream once it serves the stream.
+struct PendingMove {
+    target: Option<OriginAddr>,
+    ready: oneshot::Receiver<Prepared>,
+}
+
 /// The shared parts of a running pull.
 #[derive(Clone)]
 pub struct PullHandle {
@@ -263,26 +270,16 @@ impl Pull {
         tracing::debug!(stream = %self.key, origin = %origin.rtmp, "pulling");
         // A make-before-break move under way: the next upstream, handed
         // over once it serves the stream.
-        let mut next: Option<oneshot::Receiver<Prepared>> = None;
+        let mut next: Option<PendingMove> = None;
         let mut last_relocate = Instant::now();
         loop {
             if let Some(reason) = self.check_clocks() {
                 return SessionEnd::Done(reason);
             }
-            if let Some(prepared) = next.as_mut().and_then(|rx| rx.try_recv().ok()) {
+            if let Some(prepared) = next.as_mut().and_then(|m| m.ready.try_recv().ok()) {
                 next = None;
                 match prepared {
-                    Ok((to, new_upstream, timeline)) => {
-                        tracing::info!(stream = %self.key, from = %origin.rtmp, to = %to.rtmp, timeline = timeline.as_deref(), "moved to the next upstream (make-before-break)");
-                        upstream = new_upstream;
-                        origin = to;
-                        *current = to;
-                        self.splicer.new_session(timeline);
-                        self.handle.status.serving(origin.rtmp);
-                        self.outage_since = None;
-                        metrics::counter!("baton_edge_planned_moves_total", "direction" => "pull")
-                            .increment(1);
-                    }
+                    Ok(prepared) => upstream = self.adopt(prepared, &mut origin, current),
                     Err(error) => {
                         tracing::warn!(stream = %self.key, error, "the planned move failed; staying until this upstream ends");
                     }
@@ -293,7 +290,16 @@ impl Pull {
                 // elsewhere now, go there.
                 last_relocate = Instant::now();
                 let holders = self.core.origins.holders(&self.key).await;
-                if !holders.is_empty() && !holders.contains(&origin.rtmp) {
+                let move_goes_there = next
+                    .as_ref()
+                    .and_then(|m| m.target)
+                    .is_some_and(|t| holders.contains(&t.rtmp));
+                if move_goes_there {
+                    // The publisher moved where our prepared upstream
+                    // already waits: it is about to serve, so a lookup
+                    // and a new connection would only be slower.
+                    tracing::debug!(stream = %self.key, origin = %origin.rtmp, ?holders, "publisher moved; waiting for the prepared upstream");
+                } else if !holders.is_empty() && !holders.contains(&origin.rtmp) {
                     tracing::info!(stream = %self.key, origin = %origin.rtmp, ?holders, "the stream is published on another origin now");
                     return SessionEnd::NotThere;
                 }
@@ -301,7 +307,32 @@ impl Pull {
             let event = match upstream.next_event(Some(Instant::now() + TICK)).await {
                 Ok(Some(event)) => event,
                 Ok(None) => continue,
-                Err(error) => return SessionEnd::Failed(format!("{error:#}")),
+                Err(error) => {
+                    // A drained origin may close the old upstream a moment
+                    // before the prepared one announces the stream: that
+                    // is still a planned move, so wait for it.
+                    let Some(pending) = next.take().filter(|m| m.target.is_some()) else {
+                        return SessionEnd::Failed(format!("{error:#}"));
+                    };
+                    tracing::info!(stream = %self.key, origin = %origin.rtmp, error = %format!("{error:#}"), "the old upstream ended first; waiting for the prepared one");
+                    let prepared = tokio::select! {
+                        prepared = pending.ready => prepared,
+                        () = self.handle.stop.cancelled() => return SessionEnd::Done("stopped"),
+                        () = self.core.shutdown.close_all.cancelled() => return SessionEnd::Done("stopped"),
+                    };
+                    match prepared {
+                        Ok(Ok(prepared)) => {
+                            upstream = self.adopt(prepared, &mut origin, current);
+                            continue;
+                        }
+                        Ok(Err(why)) => {
+                            return SessionEnd::Failed(format!(
+                                "{error:#}; the planned move failed too: {why}"
+                            ))
+                        }
+                        Err(_) => return SessionEnd::Failed(format!("{error:#}")),
+                    }
+                }
             };
             match event {
                 ClientEvent::Media { frame, .. } => {
@@ -352,14 +383,28 @@ impl Pull {
         }
     }
 
+    /// Switch to a prepared upstream that serves the stream: the splicer
+    /// starts a new session so nothing is repeated or skipped.
+    fn adopt(
+        &mut self,
+        (to, upstream, timeline): (OriginAddr, Upstream, Option<String>),
+        origin: &mut OriginAddr,
+        current: &mut OriginAddr,
+    ) -> Upstream {
+        tracing::info!(stream = %self.key, from = %origin.rtmp, to = %to.rtmp, timeline = timeline.as_deref(), "moved to the next upstream (make-before-break)");
+        *origin = to;
+        *current = to;
+        self.splicer.new_session(timeline);
+        self.handle.status.serving(to.rtmp);
+        self.outage_since = None;
+        metrics::counter!("baton_edge_planned_moves_total", "direction" => "pull").increment(1);
+        upstream
+    }
+
     /// Start opening the next upstream in the background: the same
     /// address (a new generation serves it) or the best other origin.
     /// Ready once it announces the stream (Play.Start).
-    async fn prepare_move(
-        &self,
-        from: OriginAddr,
-        same_address: bool,
-    ) -> oneshot::Receiver<Prepared> {
+    async fn prepare_move(&self, from: OriginAddr, same_address: bool) -> PendingMove {
         let target = if same_address {
             Some(from)
         } else {
@@ -375,7 +420,10 @@ impl Pull {
         let (tx, rx) = oneshot::channel();
         let Some(target) = target else {
             let _ = tx.send(Err("no other origin to move to".into()));
-            return rx;
+            return PendingMove {
+                target: None,
+                ready: rx,
+            };
         };
         let stall = self.core.settings.upstream_stall_timeout;
         let (key, name) = (self.key.clone(), self.play_name());
@@ -408,7 +456,10 @@ impl Pull {
             .map_err(|e: anyhow::Error| format!("{e:#}"));
             let _ = tx.send(result);
         });
-        rx
+        PendingMove {
+            target: Some(target),
+            ready: rx,
+        }
     }
 
     /// One upstream frame through the splicer into the local publish
