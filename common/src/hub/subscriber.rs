@@ -40,6 +40,13 @@ pub struct Subscriber {
     frames_dropped: u64,
     /// A relay (see `wakeup`): woken by every push, not per window.
     immediate: bool,
+    /// The source's wake-up count when this player last took frames: it
+    /// takes frames again only after the next wake-up, not whenever it
+    /// finds new ones (see `wakeup`).
+    seen_epoch: u64,
+    /// Take frames without waiting: at join (the cached GOP), and when the
+    /// last batch stopped at its item limit.
+    take_now: bool,
 }
 
 impl Subscriber {
@@ -76,6 +83,8 @@ impl Subscriber {
             recent_skips: Vec::new(),
             frames_dropped: 0,
             immediate: false,
+            seen_epoch: 0,
+            take_now: true,
         }
     }
 
@@ -110,12 +119,20 @@ impl Subscriber {
                 source.wakeup.players.notified()
             };
             tokio::pin!(notified);
-            // Register interest before looking, so a push between the look
-            // and the wait is not missed.
+            // Register interest before looking, so a push (or a wake-up)
+            // between the look and the wait is not missed.
             notified.as_mut().enable();
-            self.try_batch(out, max_items)?;
-            if out.len() > before {
-                return Ok(());
+            let epoch = source
+                .wakeup
+                .epoch
+                .load(std::sync::atomic::Ordering::Acquire);
+            if self.immediate || self.take_now || epoch != self.seen_epoch {
+                self.seen_epoch = epoch;
+                self.try_batch(out, max_items)?;
+                self.take_now = out.len() >= max_items;
+                if out.len() > before {
+                    return Ok(());
+                }
             }
             notified.await;
         }

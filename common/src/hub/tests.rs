@@ -353,3 +353,35 @@ fn memory_shedding_keeps_the_live_edge_and_the_ledger_follows() {
     assert_eq!(got, (3100..3110).collect::<Vec<u32>>());
     assert_eq!(player.frames_dropped(), 0);
 }
+
+/// A player that comes back from a write and finds a frame that arrived
+/// meanwhile waits for its next wake-up instead of writing it at once:
+/// otherwise slow write rounds would double its writes.
+#[tokio::test(start_paused = true)]
+async fn a_player_takes_frames_once_per_window() {
+    let budget = Duration::from_millis(80);
+    let hub = Hub::new(HubConfig {
+        write_coalesce: budget,
+        ..HubConfig::default()
+    });
+    let publisher = hub.publish(key(), publisher_info()).unwrap();
+    publisher.push(keyframe(0));
+    let mut player = hub.subscribe(&key());
+    let mut out = Vec::new();
+    // Joining takes the cached GOP at once.
+    player.next_batch(&mut out, 256).await.unwrap();
+    assert!(!out.is_empty());
+    out.clear();
+
+    let window = tokio::time::Instant::now();
+    publisher.push(inter(33));
+    player.next_batch(&mut out, 256).await.unwrap();
+    assert_eq!(window.elapsed(), budget, "woken at the end of the window");
+    // A frame pushed after the wake-up, before the player looks again.
+    publisher.push(inter(66));
+    out.clear();
+    let next = tokio::time::Instant::now();
+    player.next_batch(&mut out, 256).await.unwrap();
+    assert_eq!(frames(&out), vec![inter(66)]);
+    assert_eq!(next.elapsed(), budget, "not taken before the next wake-up");
+}

@@ -19,12 +19,18 @@
 //! player that joins gets the cached GOP at once (it does not wait for a
 //! flush).
 //!
+//! A player takes frames only when a window ends (or when it has more
+//! than one batch left), not whenever it loops back and finds something
+//! new: otherwise a player whose write finished after the next frame
+//! arrived would write again at once, and the budget would save nothing
+//! for it. The [`Wakeup::epoch`] counts the wake-ups for that.
+//!
 //! Relays (an edge pulling from an origin, an edge forwarding a publish)
 //! are not players: they wait on [`Wakeup::immediate`], woken by every
 //! push, so the budget is spent once, at the node that serves the
 //! viewers, and an edge hop adds no wait of its own.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +45,9 @@ pub(crate) const FLUSH_BYTES: usize = 64 * 1024;
 pub(crate) struct Wakeup {
     /// What players wait on.
     pub players: Notify,
+    /// Bumped at every wake-up of the players, before they are notified:
+    /// a player takes frames once per change.
+    pub epoch: AtomicU64,
     /// What relays wait on: every push.
     pub immediate: Notify,
     /// Starts the budget (first push after a flush).
@@ -76,8 +85,13 @@ impl Wakeup {
             }
             self.pending_bytes.store(0, Ordering::Release);
             self.flush_pending.store(false, Ordering::Release);
-            self.players.notify_waiters();
+            self.wake_players();
         }
+    }
+
+    fn wake_players(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.players.notify_waiters();
     }
 
     /// New data of `len` payload bytes: wake players now, or when the
@@ -85,7 +99,7 @@ impl Wakeup {
     pub fn data(&self, coalescing: bool, len: usize) {
         self.immediate.notify_waiters();
         if !coalescing {
-            self.players.notify_waiters();
+            self.wake_players();
             return;
         }
         if !self.flush_pending.swap(true, Ordering::AcqRel) {
@@ -99,7 +113,7 @@ impl Wakeup {
 
     /// Something players must see at once.
     pub fn now(&self) {
-        self.players.notify_waiters();
+        self.wake_players();
         self.immediate.notify_waiters();
     }
 
