@@ -193,10 +193,12 @@ impl Connection {
     }
 
     /// Read until the session has the bytes it wants written, flushing them.
+    ///
+    /// No yield here: a player's loop re-creates this future on every
+    /// wake-up, and a yield would poll every player twice per write.
+    /// Loops that read a peer's data back to back (publish, negotiation)
+    /// yield after each read instead.
     async fn read_some(&mut self) -> anyhow::Result<bool> {
-        // One read per turn: a peer sending as fast as its socket allows
-        // must not keep other connections' tasks from running.
-        tokio::task::yield_now().await;
         limits::memory_backpressure(self.input_charge.amount()).await;
         self.input.reserve(READ_CHUNK);
         let n = self
@@ -235,6 +237,9 @@ impl Connection {
     /// Handshake, connect, createStream... until publish or play.
     async fn negotiate(&mut self) -> anyhow::Result<Option<Intent>> {
         loop {
+            // One read per turn: a peer sending as fast as its socket
+            // allows must not keep other connections' tasks from running.
+            tokio::task::yield_now().await;
             if !self.read_some().await? {
                 return Ok(None);
             }
@@ -384,6 +389,8 @@ impl Connection {
         let bytes_in = |c: &Self| c.guard.entry().bytes_in.load(Ordering::Relaxed);
         let mut rate = limits::PublishRate::new(&self.ctx, bytes_in(&self));
         loop {
+            // One read per turn (see `negotiate`).
+            tokio::task::yield_now().await;
             let more = tokio::select! {
                 r = tokio::time::timeout(idle, self.read_some()) => match r {
                     Ok(more) => more?,
