@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 use crate::hub::StreamKey;
+use crate::kick::Kick;
 
 /// Bytes received from and sent to clients since the process started,
 /// including clients that have left.
@@ -91,8 +91,9 @@ pub struct ClientEntry {
     pub bytes_out: AtomicU64,
     /// Input buffered and not yet decoded (RTMP), in the memory ledger.
     pub input_buffered: AtomicU64,
-    /// Cancelled to kick this client (API `DELETE`).
-    pub kick: CancellationToken,
+    /// Kicks this client (API `DELETE`, memory shed, an edge's refused
+    /// forward), with the reason its connection logs.
+    pub kick: Kick,
 }
 
 impl ClientEntry {
@@ -187,7 +188,7 @@ impl ClientRegistry {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             input_buffered: AtomicU64::new(0),
-            kick: CancellationToken::new(),
+            kick: Kick::new(),
         });
         {
             // The count is published under the map's lock: published after
@@ -248,7 +249,7 @@ impl ClientRegistry {
     pub fn kick(&self, id: u64) -> bool {
         match self.get(id) {
             Some(entry) => {
-                entry.kick.cancel();
+                entry.kick.kick(crate::kick::KICKED_THROUGH_THE_API);
                 true
             }
             None => false,
@@ -324,7 +325,7 @@ mod tests {
             }
         );
         assert!(registry.kick(a.id()));
-        assert!(a.entry().kick.is_cancelled());
+        assert!(a.entry().kick.is_kicked());
         assert!(!registry.kick(999));
         let waiter = {
             let registry = registry.clone();

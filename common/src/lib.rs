@@ -12,6 +12,7 @@ pub mod clients;
 pub mod config;
 pub mod handover;
 pub mod hub;
+pub mod kick;
 pub mod lifecycle;
 pub mod memory;
 pub mod rtmp;

@@ -18,13 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_common::hub::{HubItem, StreamKey, Subscriber};
+use baton_common::kick::Kick;
 use baton_common::rtmp::client_session::ClientEvent;
 use baton_common::rtmp::session::RECONNECT_REQUEST;
 use baton_common::serve::auth::{upstream_query, Action};
 use baton_common::serve::TIMELINE_PARAM;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::locate::Purpose;
 use crate::retry::OriginPicker;
@@ -58,7 +58,7 @@ pub async fn run(
     timeline: String,
     status: StatusCell,
     client_query: Option<String>,
-    disconnect: CancellationToken,
+    disconnect: Kick,
 ) {
     let mut forward = Forward {
         client_query,
@@ -86,7 +86,7 @@ struct Forward {
     /// authorization).
     client_query: Option<String>,
     /// Ends the publisher's connection (an origin refused its credentials).
-    disconnect: CancellationToken,
+    disconnect: Kick,
 }
 
 impl Forward {
@@ -114,7 +114,8 @@ impl Forward {
                     tracing::error!(stream = %self.key, origin = %origin.rtmp, error, "the origin refused the forwarded publish: not authorized (do the edge's and the origins' auth settings differ?); disconnecting the publisher");
                     metrics::counter!("baton_edge_upstream_unauthorized_total", "direction" => "forward").increment(1);
                     self.status.lost(&error);
-                    self.disconnect.cancel();
+                    self.disconnect
+                        .kick("the origin refused the forwarded publish: not authorized");
                     return "the origin refused the publish: not authorized";
                 }
                 SessionEnd::Failed(error) => {

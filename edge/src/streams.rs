@@ -14,12 +14,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use baton_common::hub::{Hub, PublishError, Publisher, PublisherInfo, StreamKey, Subscriber};
+use baton_common::kick::Kick;
 use baton_common::lifecycle::Shutdown;
 use baton_common::serve::auth::AuthSettings;
 use baton_common::serve::{Presence, StreamDirectory};
 use futures_util::future::BoxFuture;
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
 use crate::origin_tls::OriginTls;
 use crate::origins::Origins;
@@ -99,7 +99,7 @@ impl EdgeDirectory {
 
 impl StreamDirectory for EdgeDirectory {
     fn publish(&self, key: StreamKey, publisher: PublisherInfo) -> Result<Publisher, PublishError> {
-        self.publish_with_query(key, publisher, None, CancellationToken::new())
+        self.publish_with_query(key, publisher, None, Kick::new())
     }
 
     fn publish_with_query(
@@ -107,7 +107,7 @@ impl StreamDirectory for EdgeDirectory {
         key: StreamKey,
         publisher: PublisherInfo,
         client_query: Option<&str>,
-        disconnect: CancellationToken,
+        disconnect: Kick,
     ) -> Result<Publisher, PublishError> {
         if let Some(pull) = self.pulls().get(&key) {
             if pull.is_delivering() {

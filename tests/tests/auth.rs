@@ -605,6 +605,28 @@ async fn an_edge_checks_tokens_and_passes_them_to_the_origin() {
         !origin_metrics.contains("baton_auth_refusals_total"),
         "the origin refused nothing: {origin_metrics}"
     );
+
+    // Accepted by the edge, refused by the origin's callback: the edge
+    // disconnects its publisher, and that connection's line says why.
+    let deny = token(Action::Publish, "deny4", 600);
+    let mut refused = publisher(&format!("{}?{deny}", edge.rtmp_url(APP, "deny4"))).await;
+    let _ = send_all(&mut refused, &headers).await;
+    let said = eventually(Duration::from_secs(10), || async {
+        edge.log()
+            .contains("reason=\"the origin refused the forwarded publish: not authorized\"")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        said.is_some(),
+        "the refused publisher's disconnect line:\n{}",
+        edge.log_tail(30)
+    );
+    assert!(
+        !edge.log().contains("kicked through the API"),
+        "{}",
+        edge.log_tail(30)
+    );
 }
 
 /// 4. ffmpeg publishing to a signed URL: accepted with a good token (the

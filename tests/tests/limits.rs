@@ -686,6 +686,18 @@ async fn memory_attacks_keep_resident_memory_bounded() {
         "before connect: {pre_connect:?}"
     );
     assert!(disconnects >= 1.0, "nothing was shed for partial messages");
+    // A shed connection's own line says the governor closed it.
+    let log = node.log();
+    assert!(
+        log.contains("reason=\"shed by the memory governor"),
+        "no disconnect line names the governor:\n{}",
+        node.log_tail(40)
+    );
+    assert!(
+        !log.contains("kicked through the API"),
+        "a shed connection blamed the API:\n{}",
+        node.log_tail(40)
+    );
     assert!(
         post_connect.rss_mib < baseline + 160.0,
         "after connect: {post_connect:?}"

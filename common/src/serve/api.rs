@@ -167,7 +167,7 @@ async fn handle(req: Request<Incoming>, ctx: &ServerContext) -> Response<Full<By
             Ok(id) => match (method, ctx.clients.get(id)) {
                 (_, None) => error(StatusCode::NOT_FOUND, "no such client"),
                 (Method::DELETE, Some(client)) => {
-                    client.kick.cancel();
+                    client.kick.kick(crate::kick::KICKED_THROUGH_THE_API);
                     tracing::info!(client = id, peer = %client.peer, "client kicked through the API");
                     json_response(StatusCode::OK, json!({ "code": 0 }))
                 }

@@ -122,7 +122,7 @@ where
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = guard.entry().kick.cancelled(), if !closing => {
+            _ = guard.entry().kick.kicked(), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }

@@ -36,7 +36,6 @@ use std::time::Instant;
 
 use futures_util::future::BoxFuture;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::clients::ClientRegistry;
 use crate::handover::Role;
@@ -71,7 +70,7 @@ pub trait StreamDirectory: Send + Sync + 'static {
         key: StreamKey,
         publisher: PublisherInfo,
         client_query: Option<&str>,
-        disconnect: CancellationToken,
+        disconnect: crate::kick::Kick,
     ) -> Result<Publisher, PublishError> {
         let _ = (client_query, disconnect);
         self.publish(key, publisher)

@@ -13,10 +13,10 @@ use crate::hub::{HubItem, SubscribeError, Subscriber};
 
 use super::settings::Republish;
 use super::ServerContext;
+use crate::kick::Kick;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::future::Future;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 /// Most items taken from the hub for one write.
 const MAX_BATCH: usize = 256;
@@ -47,11 +47,11 @@ enum Stop {
 type StopSignals = FuturesUnordered<Pin<Box<dyn Future<Output = Stop> + Send + Sync>>>;
 
 fn stop_signal(
-    token: CancellationToken,
+    signal: impl Future<Output = ()> + Send + Sync + 'static,
     stop: Stop,
 ) -> Pin<Box<dyn Future<Output = Stop> + Send + Sync>> {
     Box::pin(async move {
-        token.cancelled_owned().await;
+        signal.await;
         stop
     })
 }
@@ -59,6 +59,7 @@ fn stop_signal(
 pub struct Playback {
     subscriber: Subscriber,
     stops: StopSignals,
+    kick: Kick,
     play_wait_timeout: Duration,
     /// End the play at the first unpublish (see
     /// [`super::StreamDirectory::unpublish_ends_play`]).
@@ -69,17 +70,24 @@ pub struct Playback {
 }
 
 impl Playback {
-    pub fn new(ctx: &ServerContext, subscriber: Subscriber, kick: CancellationToken) -> Self {
+    pub fn new(ctx: &ServerContext, subscriber: Subscriber, kick: Kick) -> Self {
         let published = subscriber.source().is_publishing();
         Playback {
             subscriber,
             stops: [
-                stop_signal(ctx.shutdown.close_all.clone(), Stop::CloseAll),
-                stop_signal(kick, Stop::Kicked),
-                stop_signal(ctx.shutdown.close_players.clone(), Stop::ClosePlayers),
+                stop_signal(
+                    ctx.shutdown.close_all.clone().cancelled_owned(),
+                    Stop::CloseAll,
+                ),
+                stop_signal(kick.kicked_owned(), Stop::Kicked),
+                stop_signal(
+                    ctx.shutdown.close_players.clone().cancelled_owned(),
+                    Stop::ClosePlayers,
+                ),
             ]
             .into_iter()
             .collect(),
+            kick,
             play_wait_timeout: ctx.settings.play_wait_timeout,
             unpublish_ends_play: ctx.streams.unpublish_ends_play()
                 || ctx.settings.republish == Republish::End,
@@ -113,7 +121,7 @@ impl Playback {
                 biased;
                 Some(stop) = self.stops.next(), if !self.stops.is_empty() => match stop {
                     Stop::CloseAll => return Ok(Step::Stop("server shutting down")),
-                    Stop::Kicked => return Ok(Step::Stop("kicked through the API")),
+                    Stop::Kicked => return Ok(Step::Stop(self.kick.reason())),
                     Stop::ClosePlayers => {
                         self.closing_since.get_or_insert_with(Instant::now);
                         continue;

@@ -26,6 +26,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+
+use crate::kick::Kick;
 use tracing::Instrument;
 
 use super::accept::{accept_loop, ListenerKind};
@@ -155,7 +157,7 @@ impl Connection {
                 Err(_) => bail!("no publish or play within handshake_timeout ({timeout:?})"),
             },
             _ = close_all.cancelled() => return Ok("server shutting down"),
-            _ = kick.cancelled() => return Ok("kicked through the API"),
+            _ = kick.kicked() => return Ok(kick.reason()),
         };
         let Some(intent) = intent else {
             return Ok("peer closed before publish or play");
@@ -185,7 +187,7 @@ impl Connection {
     }
 
     /// The tokens that end this connection: process shutdown, API kick.
-    fn stop_tokens(&self) -> (CancellationToken, CancellationToken) {
+    fn stop_tokens(&self) -> (CancellationToken, Kick) {
         (
             self.ctx.shutdown.close_all.clone(),
             self.guard.entry().kick.clone(),
@@ -397,7 +399,7 @@ impl Connection {
                     Err(_) => bail!("publisher sent nothing for {idle:?}"),
                 },
                 _ = close_all.cancelled() => return Ok("server shutting down"),
-                _ = kick.cancelled() => return Ok("kicked through the API"),
+                _ = kick.kicked() => return Ok(kick.reason()),
                 _ = reconnect.cancelled(), if !asked_to_reconnect => {
                     asked_to_reconnect = true;
                     self.ask_to_reconnect();

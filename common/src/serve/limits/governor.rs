@@ -92,7 +92,9 @@ fn shed(ctx: &ServerContext) {
             }
             ShedAction::Disconnect { client, frees } => {
                 if let Some(c) = clients.iter().find(|c| c.id == client) {
-                    c.kick.cancel();
+                    c.kick.kick(
+                        "shed by the memory governor (largest buffered input, over memory_budget)",
+                    );
                     freed += frees;
                     log_shed(
                         action,
