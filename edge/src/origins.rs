@@ -202,8 +202,13 @@ impl Origins {
             }
         }
         let token = self.inner.api_token.as_ref();
+        // Only this stream (names are URL-unreserved text, `serve::names`);
+        // an origin that ignores the filter answers with all of them, and
+        // the match below still picks the right one.
+        let path = format!("/api/v1/streams?app={}&name={}", key.app, key.stream);
+        let path = path.as_str();
         let ask = |(rtmp, api): (SocketAddr, SocketAddr), bound: Duration| async move {
-            let answer = tokio::time::timeout(bound, api_get(api, "/api/v1/streams", token))
+            let answer = tokio::time::timeout(bound, api_get(api, path, token))
                 .await
                 .ok()
                 .and_then(Result::ok)

@@ -918,6 +918,17 @@ async fn api_lists_streams_and_clients_and_kicks_players() {
     assert_eq!(one["stream"]["name"], "api", "{one}");
     let listing = origin.api_json("/api/v1/streams").await;
     assert_eq!(listing["code"], 0);
+    // One stream by name (what an edge asks to locate a stream).
+    let named = origin
+        .api_json(&format!("/api/v1/streams?app={APP}&name=api"))
+        .await;
+    let named = named["streams"].as_array().expect("a list");
+    assert_eq!(named.len(), 1, "{named:?}");
+    assert_eq!(named[0]["id"], id, "{named:?}");
+    let none = origin
+        .api_json(&format!("/api/v1/streams?app={APP}&name=absent"))
+        .await;
+    assert_eq!(none["streams"], serde_json::json!([]), "{none}");
 
     let summaries = origin.api_json("/api/v1/summaries").await;
     let service = &summaries["data"]["service"];

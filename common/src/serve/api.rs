@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::clients::{ClientEntry, ClientRole, Transport};
 use crate::handover::GenerationSummary;
-use crate::hub::SourceStats;
+use crate::hub::{SourceStats, StreamKey};
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -127,7 +127,22 @@ async fn handle(req: Request<Incoming>, ctx: &ServerContext) -> Response<Full<By
             json_response(StatusCode::OK, super::generations::summaries(ctx).await)
         }
         (Method::GET, ["api", "v1", "streams"]) => {
-            let streams: Vec<Value> = ctx.hub.stats().iter().map(stream_json).collect();
+            // `?app=A&name=S`: that stream only (what an edge asks when it
+            // looks for a stream's holder: an answer of one entry, not of
+            // every stream the origin has).
+            let query = req.uri().query();
+            let wanted = super::query_param(query, "app")
+                .zip(super::query_param(query, "name"))
+                .map(|(app, name)| StreamKey::new(app, name));
+            let streams: Vec<Value> = match wanted {
+                Some(key) => ctx
+                    .hub
+                    .source(&key)
+                    .map(|source| stream_json(&source.stats()))
+                    .into_iter()
+                    .collect(),
+                None => ctx.hub.stats().iter().map(stream_json).collect(),
+            };
             json_response(
                 StatusCode::OK,
                 json!({ "code": 0, "server": ctx.server_id(), "streams": streams }),
