@@ -68,13 +68,27 @@ pub fn stamp(frame: &MediaFrame, seq: u64, sent_ns: u64) -> MediaFrame {
     let Some(at) = stamp_offset(frame) else {
         return frame.clone();
     };
-    let mut b = BytesMut::with_capacity(frame.payload.len());
-    b.put_slice(&frame.payload[..at]);
-    b.put_slice(&MAGIC);
+    let payload = splice_stamp(&frame.payload, at, MAGIC, seq, sent_ns);
+    MediaFrame::new(frame.kind, frame.timestamp, payload)
+}
+
+/// `payload` with `magic`, `seq` and `sent_ns` (the [`STAMP_LEN`] bytes
+/// every bench stamp has) written over the bytes at `at`; the caller
+/// checked that they fit.
+pub(crate) fn splice_stamp(
+    payload: &[u8],
+    at: usize,
+    magic: [u8; 4],
+    seq: u64,
+    sent_ns: u64,
+) -> bytes::Bytes {
+    let mut b = BytesMut::with_capacity(payload.len());
+    b.put_slice(&payload[..at]);
+    b.put_slice(&magic);
     b.put_u64(seq);
     b.put_u64(sent_ns);
-    b.put_slice(&frame.payload[at + STAMP_LEN..]);
-    MediaFrame::new(frame.kind, frame.timestamp, b.freeze())
+    b.put_slice(&payload[at + STAMP_LEN..]);
+    b.freeze()
 }
 
 /// The `(seq, sent_ns)` a stamped frame carries.

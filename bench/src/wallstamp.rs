@@ -17,14 +17,13 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use baton_common::media::{MediaFrame, MediaKind};
-use bytes::{BufMut, BytesMut};
 
 use crate::stats::FrameKind;
 
 /// Marks a wall-clock stamp.
 const MAGIC: [u8; 4] = *b"BWCK";
 /// Marker, sequence number (u64), send time in ns (u64), big-endian.
-const STAMP_LEN: usize = 4 + 8 + 8;
+use crate::latency::STAMP_LEN;
 const VIDEO_STAMP_AT: usize = 10;
 const AUDIO_STAMP_AT: usize = 2;
 /// Body bytes a reader must keep to find a stamp.
@@ -60,13 +59,8 @@ pub fn stamp(frame: &MediaFrame, seq: u64, sent_ns: u64) -> Option<MediaFrame> {
     if frame.payload.len() < at + STAMP_LEN {
         return None;
     }
-    let mut b = BytesMut::with_capacity(frame.payload.len());
-    b.put_slice(&frame.payload[..at]);
-    b.put_slice(&MAGIC);
-    b.put_u64(seq);
-    b.put_u64(sent_ns);
-    b.put_slice(&frame.payload[at + STAMP_LEN..]);
-    Some(MediaFrame::new(frame.kind, frame.timestamp, b.freeze()))
+    let payload = crate::latency::splice_stamp(&frame.payload, at, MAGIC, seq, sent_ns);
+    Some(MediaFrame::new(frame.kind, frame.timestamp, payload))
 }
 
 /// `(seq, sent_ns)` from the first bytes of a frame body, if stamped.
