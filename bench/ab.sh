@@ -58,13 +58,7 @@ ab_main() {
     [[ -n $OLD_ORIGIN ]] || die "set OLD_ORIGIN to the old baton-origin binary"
     command -v jq >/dev/null || die "jq not found: apt-get install -y jq"
     command -v ffmpeg >/dev/null || die "ffmpeg not found: apt-get install -y ffmpeg"
-    [[ $(nproc) -ge 2 ]] || die "needs at least 2 cores (server on core 0, load on core 1)"
-    mkdir -p "$OUT"
-    ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-    if [[ ${BUILD:-1} != 0 ]]; then
-        log "building (release)"
-        (cd "$ROOT" && cargo build --release -p baton-bench -p baton-origin)
-    fi
+    prepare_run baton-bench baton-origin
     local bin
     for bin in "$BENCH" "$OLD_ORIGIN" "$NEW_ORIGIN"; do
         [[ -x $bin ]] || die "$bin not built"

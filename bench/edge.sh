@@ -212,13 +212,7 @@ edge_main() {
     esac
     command -v jq >/dev/null || die "jq not found: apt-get install -y jq"
     command -v taskset >/dev/null || die "taskset not found: apt-get install -y util-linux"
-    [[ $(nproc) -ge 2 ]] || die "needs at least 2 cores (nodes on core 0, load on core 1)"
-    mkdir -p "$OUT"
-    ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-    if [[ ${BUILD:-1} != 0 ]]; then
-        log "building (release)"
-        (cd "$ROOT" && cargo build --release -p baton-bench -p baton-origin -p baton-edge)
-    fi
+    prepare_run baton-bench baton-origin baton-edge
     local bin
     for bin in "$BENCH" "$ORIGIN" "$EDGE"; do
         [[ -x $bin ]] || die "$bin not built"

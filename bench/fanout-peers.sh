@@ -158,13 +158,7 @@ peers_main() {
     local s variant
     install_missing
     command -v jq >/dev/null || die "jq not found: apt-get install -y jq"
-    [[ $(nproc) -ge 2 ]] || die "needs at least 2 cores (server on core 0, load on core 1)"
-    mkdir -p "$OUT"
-    ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-    if [[ ${BUILD:-1} != 0 ]]; then
-        log "building (release)"
-        (cd "$ROOT" && cargo build --release -p baton-bench -p baton-origin)
-    fi
+    prepare_run baton-bench baton-origin
     [[ -x $BENCH ]] || die "$BENCH not built"
     for s in $SERVERS; do
         case $s in

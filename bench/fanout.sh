@@ -211,12 +211,26 @@ ensure_media() {
     fi
 }
 
+# prepare_run PACKAGE...: what every bench script checks and does before
+# it measures: two cores, the output directory, enough open files, and
+# (unless BUILD=0) a release build of the given cargo packages.
+prepare_run() {
+    [[ $(nproc) -ge 2 ]] || die "needs at least 2 cores (server on core 0, load on core 1)"
+    mkdir -p "$OUT"
+    ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+    if [[ ${BUILD:-1} != 0 ]]; then
+        log "building (release)"
+        local package packages=()
+        for package in "$@"; do packages+=(-p "$package"); done
+        (cd "$ROOT" && cargo build --release "${packages[@]}")
+    fi
+}
+
 main() {
     local s
     install_missing
     command -v ffmpeg >/dev/null || die "ffmpeg not found: apt-get install -y ffmpeg"
     command -v taskset >/dev/null || die "taskset not found: apt-get install -y util-linux"
-    [[ $(nproc) -ge 2 ]] || die "needs at least 2 cores (server on core 0, load on core 1)"
     for s in $SERVERS; do
         case $s in
         baton) ;;
@@ -224,15 +238,9 @@ main() {
         *) die "unknown server '$s' in SERVERS (baton, nginx)" ;;
         esac
     done
-    mkdir -p "$OUT"
-    ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-
-    if [[ ${BUILD:-1} != 0 ]]; then
-        log "building (release)"
-        local packages=(-p baton-bench)
-        [[ " $SERVERS " == *" baton "* ]] && packages+=(-p baton-origin)
-        (cd "$ROOT" && cargo build --release "${packages[@]}")
-    fi
+    local packages=(baton-bench)
+    [[ " $SERVERS " == *" baton "* ]] && packages+=(baton-origin)
+    prepare_run "${packages[@]}"
     [[ -x $BENCH ]] || die "$BENCH not built"
 
     ensure_media
