@@ -48,13 +48,22 @@ impl FlvPlayer {
     /// Connects, sends `GET`, and returns once the response head is read.
     /// Any status is returned (check [`FlvPlayer::status`]).
     pub async fn connect(url: &str) -> anyhow::Result<FlvPlayer> {
+        Self::connect_version(url, "HTTP/1.1").await
+    }
+
+    /// [`FlvPlayer::connect`] as an HTTP/1.0 client (no chunked body).
+    pub async fn connect_http10(url: &str) -> anyhow::Result<FlvPlayer> {
+        Self::connect_version(url, "HTTP/1.0").await
+    }
+
+    async fn connect_version(url: &str, version: &str) -> anyhow::Result<FlvPlayer> {
         let (authority, path) = split_url(url)?;
         let stream = TcpStream::connect(&authority)
             .await
             .with_context(|| format!("connecting to {authority}"))?;
         stream.set_nodelay(true)?;
         let local = stream.local_addr()?;
-        Self::request(Box::new(stream), local, &authority, &path).await
+        Self::request_version(Box::new(stream), local, &authority, &path, version).await
     }
 
     /// `GET` over HTTPS: `url` is `https://ADDR/PATH`, the certificate is
@@ -77,13 +86,23 @@ impl FlvPlayer {
     }
 
     async fn request(
-        mut stream: Box<dyn PlayerIo>,
+        stream: Box<dyn PlayerIo>,
         local: SocketAddr,
         authority: &str,
         path: &str,
     ) -> anyhow::Result<FlvPlayer> {
+        Self::request_version(stream, local, authority, path, "HTTP/1.1").await
+    }
+
+    async fn request_version(
+        mut stream: Box<dyn PlayerIo>,
+        local: SocketAddr,
+        authority: &str,
+        path: &str,
+        version: &str,
+    ) -> anyhow::Result<FlvPlayer> {
         let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: baton-tests\r\nAccept: */*\r\n\r\n"
+            "GET {path} {version}\r\nHost: {authority}\r\nUser-Agent: baton-tests\r\nAccept: */*\r\n\r\n"
         );
         stream.write_all(req.as_bytes()).await?;
         let mut raw = BytesMut::with_capacity(64 * 1024);

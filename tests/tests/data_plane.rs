@@ -25,7 +25,7 @@ use baton_tests::play::{
 };
 use baton_tests::raw_rtmp::{Closed, RawRtmp};
 use baton_tests::synth::{frame_index, Synth, SynthConfig};
-use baton_tests::{eventually, within, Origin};
+use baton_tests::{eventually, within, FlvPlayer, Origin};
 use bytes::{BufMut, BytesMut};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -159,8 +159,9 @@ async fn late_joiners_start_at_the_cached_keyframe_and_miss_nothing() {
     publisher.close().await.expect("closing the publisher");
 }
 
-/// 2. Forty players (20 RTMP, 20 HTTP-FLV) joining at the same point get
-///    identical frame sequences.
+/// 2. Forty players (20 RTMP, 20 HTTP-FLV, one of them an HTTP/1.0
+///    client, which gets a close-delimited body) joining at the same point
+///    get identical frame sequences.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_gives_every_player_the_same_frames() {
     const EACH: usize = 20;
@@ -188,15 +189,44 @@ async fn fan_out_gives_every_player_the_same_frames() {
         });
         let flv_url = flv_url.clone();
         tasks.spawn(async move {
-            let mut p = flv_player(&flv_url).await;
+            let mut p = if i == 0 {
+                let p = FlvPlayer::connect_http10(&flv_url)
+                    .await
+                    .expect("HTTP/1.0 play");
+                assert_eq!(p.status, 200);
+                assert_eq!(
+                    p.header("transfer-encoding"),
+                    None,
+                    "no chunking for HTTP/1.0"
+                );
+                p
+            } else {
+                flv_player(&flv_url).await
+            };
             let frames = read_until_index(&mut p, last, READ_LIMIT).await;
             (format!("FLV player {i}"), frames)
         });
     }
     wait_players(&origin, "fan", 2 * EACH as u64).await;
-    send_paced(&mut publisher, &more, Duration::from_millis(3))
+    // Half, then every player that kept up is written by the stream's
+    // flusher (parked), and the other half reaches them from there.
+    let (first_half, second_half) = more.split_at(more.len() / 2);
+    send_paced(&mut publisher, first_half, Duration::from_millis(3))
         .await
         .expect("publishing to 40 players");
+    let parked = eventually(Duration::from_secs(10), || async {
+        let s = origin.stream(APP, "fan").await?;
+        (s["parked_players"].as_u64()? == 2 * EACH as u64).then_some(())
+    })
+    .await;
+    assert!(
+        parked.is_some(),
+        "players that keep up are parked: {:?}",
+        origin.stream(APP, "fan").await
+    );
+    send_paced(&mut publisher, second_half, Duration::from_millis(3))
+        .await
+        .expect("publishing to 40 parked players");
     sent.extend(more);
 
     let mut reference: Option<(String, Vec<MediaFrame>)> = None;

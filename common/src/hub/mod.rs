@@ -9,6 +9,7 @@
 //! publisher's own timestamps and the very same encoded bytes; nothing in
 //! the hub is per-player except a cursor.
 
+mod direct;
 mod frame;
 mod source;
 mod subscriber;
@@ -21,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+pub use direct::DirectPlayer;
 pub use frame::{encode_rtmp, SharedFrame};
 pub use source::{HubItem, PublisherInfo, Source, SourceStats};
 pub use subscriber::{SubscribeError, Subscriber};

@@ -224,6 +224,9 @@ pub struct SourceStats {
     pub created_at: SystemTime,
     pub published_for: Option<std::time::Duration>,
     pub cached_frames: usize,
+    /// Players written by the source's flusher right now (see
+    /// [`super::direct`]).
+    pub parked_players: usize,
 }
 
 impl Source {
@@ -285,6 +288,22 @@ impl Source {
         self.lock().publisher.is_some()
     }
 
+    /// Whether players are woken once per latency budget (and may park;
+    /// see [`super::direct`]) rather than at every push.
+    pub fn coalescing(&self) -> bool {
+        self.coalescing
+    }
+
+    /// Park a player: the flusher writes it from now on (see
+    /// [`super::direct`]). The id unparks it.
+    pub fn park_direct(&self, player: Arc<dyn super::DirectPlayer>) -> u64 {
+        self.wakeup.direct.park(player)
+    }
+
+    pub fn unpark_direct(&self, id: u64) {
+        self.wakeup.direct.unpark(id);
+    }
+
     pub fn add_bytes_out(&self, bytes: u64) {
         self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
     }
@@ -305,6 +324,7 @@ impl Source {
     pub fn stats(&self) -> SourceStats {
         let now = Instant::now();
         let kbps_out = self.kbps_out(now);
+        let parked_players = self.wakeup.direct.len();
         let state = self.lock();
         SourceStats {
             id: self.id,
@@ -321,6 +341,7 @@ impl Source {
             created_at: self.created_at,
             published_for: state.published_at.map(|t| now.duration_since(t)),
             cached_frames: state.ring.len(),
+            parked_players,
         }
     }
 

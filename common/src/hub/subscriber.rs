@@ -99,6 +99,43 @@ impl Subscriber {
         self.immediate = true;
     }
 
+    /// The last batch stopped at its size limit: more is ready now.
+    pub fn has_more_now(&self) -> bool {
+        self.take_now
+    }
+
+    pub fn is_immediate(&self) -> bool {
+        self.immediate
+    }
+
+    /// Whether the source woke its players since this one last took
+    /// frames: a player that just parked takes them itself, or it would
+    /// wait a whole window more.
+    pub fn missed_a_wakeup(&self) -> bool {
+        self.source
+            .wakeup
+            .epoch
+            .load(std::sync::atomic::Ordering::Acquire)
+            != self.seen_epoch
+    }
+
+    /// [`Subscriber::try_batch`] for a parked player written by the
+    /// flusher: counts as this wake-up's take.
+    pub fn take_round(
+        &mut self,
+        out: &mut Vec<HubItem>,
+        max_items: usize,
+    ) -> Result<(), SubscribeError> {
+        self.seen_epoch = self
+            .source
+            .wakeup
+            .epoch
+            .load(std::sync::atomic::Ordering::Acquire);
+        self.try_batch(out, max_items)?;
+        self.take_now = out.len() >= max_items;
+        Ok(())
+    }
+
     pub fn frames_dropped(&self) -> u64 {
         self.frames_dropped
     }

@@ -25,6 +25,10 @@
 //! arrived would write again at once, and the budget would save nothing
 //! for it. The [`Wakeup::epoch`] counts the wake-ups for that.
 //!
+//! Players that keep up do not even wake: they are parked in
+//! [`Wakeup::direct`] and the flusher writes them itself, one after
+//! another, right after bumping the epoch (see [`super::direct`]).
+//!
 //! Relays (an edge pulling from an origin, an edge forwarding a publish)
 //! are not players: they wait on [`Wakeup::immediate`], woken by every
 //! push, so the budget is spent once, at the node that serves the
@@ -36,10 +40,17 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use super::direct::{DirectPlayer, DirectPlayers};
+
 /// Payload bytes pending since the last flush at which players are woken
 /// without waiting for the budget: about one maximal loopback/GSO segment,
 /// past which a larger write saves nothing more per byte.
 pub(crate) const FLUSH_BYTES: usize = 64 * 1024;
+
+/// Parked players written between two yields of the flusher, so a round
+/// over thousands of players does not hold its worker thread for the
+/// whole round.
+const ROUND_SLICE: usize = 64;
 
 #[derive(Debug, Default)]
 pub(crate) struct Wakeup {
@@ -50,11 +61,18 @@ pub(crate) struct Wakeup {
     pub epoch: AtomicU64,
     /// What relays wait on: every push.
     pub immediate: Notify,
+    /// Players written by the flusher itself.
+    pub(crate) direct: DirectPlayers,
     /// Starts the budget (first push after a flush).
     flush_requested: Notify,
     /// Ends it early (enough bytes pending).
     flush_now: Notify,
     flush_pending: AtomicBool,
+    /// When the first push after the last flush arrived, in ns since
+    /// `clock_start`: the budget counts from it, not from when the
+    /// flusher (perhaps still writing the last round) notices it.
+    first_push_ns: AtomicU64,
+    clock_start: std::sync::OnceLock<tokio::time::Instant>,
     pending_bytes: AtomicUsize,
     closed: AtomicBool,
 }
@@ -74,19 +92,33 @@ impl Wakeup {
     }
 
     async fn run_flusher(&self, budget: Duration) {
+        let mut round: Vec<Arc<dyn DirectPlayer>> = Vec::new();
         loop {
             self.flush_requested.notified().await;
             if self.closed.load(Ordering::Acquire) {
                 return;
             }
+            let first_push = self.clock_start()
+                + Duration::from_nanos(self.first_push_ns.load(Ordering::Acquire));
             tokio::select! {
-                _ = tokio::time::sleep(budget) => {}
+                _ = tokio::time::sleep_until(first_push + budget) => {}
                 _ = self.flush_now.notified() => {}
             }
             self.pending_bytes.store(0, Ordering::Release);
             self.flush_pending.store(false, Ordering::Release);
             self.wake_players();
+            self.direct.snapshot(&mut round);
+            for (index, player) in round.drain(..).enumerate() {
+                player.write_round();
+                if index % ROUND_SLICE == ROUND_SLICE - 1 {
+                    tokio::task::yield_now().await;
+                }
+            }
         }
+    }
+
+    fn clock_start(&self) -> tokio::time::Instant {
+        *self.clock_start.get_or_init(tokio::time::Instant::now)
     }
 
     fn wake_players(&self) {
@@ -103,6 +135,8 @@ impl Wakeup {
             return;
         }
         if !self.flush_pending.swap(true, Ordering::AcqRel) {
+            let since_start = self.clock_start().elapsed().as_nanos() as u64;
+            self.first_push_ns.store(since_start, Ordering::Release);
             self.flush_requested.notify_one();
         }
         let before = self.pending_bytes.fetch_add(len, Ordering::AcqRel);
@@ -114,6 +148,7 @@ impl Wakeup {
     /// Something players must see at once.
     pub fn now(&self) {
         self.wake_players();
+        self.direct.hand_back_all();
         self.immediate.notify_waiters();
     }
 
@@ -121,6 +156,7 @@ impl Wakeup {
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.flush_requested.notify_one();
+        self.direct.hand_back_all();
     }
 }
 

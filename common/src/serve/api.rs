@@ -247,6 +247,7 @@ pub fn stream_json(s: &SourceStats) -> Value {
         "video": s.video_codec.map(|c| json!({ "codec": c.name() })),
         "audio": s.audio_codec.map(|c| json!({ "codec": c.name() })),
         "cached_frames": s.cached_frames,
+        "parked_players": s.parked_players,
     })
 }
 

@@ -26,6 +26,7 @@ use tracing::Instrument;
 
 use super::accept::{accept_loop, ListenerKind};
 use super::auth::{Action, AuthRequest, Authorized};
+use super::http_flv_direct::{self, Head, Prefixed};
 use super::limits;
 use super::playback::{Playback, Step};
 use super::stall::{StallClock, StallIo};
@@ -33,7 +34,7 @@ use super::tag_batch::TagBatch;
 use super::viewer;
 use super::{Presence, ServerContext};
 
-type Body = BoxBody<TagBatch, Infallible>;
+pub(super) type Body = BoxBody<TagBatch, Infallible>;
 
 pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
     accept_loop(
@@ -46,9 +47,27 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
     .await;
 }
 
-async fn handle_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>) {
+async fn handle_connection(mut stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>) {
     let _ = stream.set_nodelay(true);
-    serve_connection(stream, peer, ctx, false).await
+    let guard = Arc::new(ctx.clients.register(peer, Transport::HttpFlv));
+    let span = connection_span(&guard, peer, false);
+    async move {
+        // Plays are streamed without hyper, so they can park (see
+        // `http_flv_direct`); everything else is hyper's.
+        match http_flv_direct::read_head(&mut stream, &ctx, &guard).await {
+            Head::Play(request) => {
+                let (reason, bytes) =
+                    http_flv_direct::serve_play(stream, request, ctx, guard.clone()).await;
+                limits::disconnects::http_ended(guard.entry(), reason, bytes);
+            }
+            Head::Other(prefix) => {
+                serve_with_hyper(Prefixed::new(prefix, stream), ctx, guard).await
+            }
+            Head::Ended(reason) => limits::disconnects::http_ended(guard.entry(), reason, 0),
+        }
+    }
+    .instrument(span)
+    .await
 }
 
 /// HTTPS-FLV: the same serving over a TLS stream (see [`super::tls`]).
@@ -59,40 +78,49 @@ pub async fn serve_tls(listener: TcpListener, ctx: Arc<ServerContext>, acceptor:
     .await;
 }
 
-async fn serve_connection<S>(stream: S, peer: SocketAddr, ctx: Arc<ServerContext>, tls: bool)
-where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    let guard = Arc::new(ctx.clients.register(peer, Transport::HttpFlv));
-    let span = tracing::info_span!(
+fn connection_span(guard: &ClientGuard, peer: SocketAddr, tls: bool) -> tracing::Span {
+    tracing::info_span!(
         "http-flv",
         client = guard.id(),
         %peer,
         tls,
         stream = tracing::field::Empty,
         role = tracing::field::Empty
-    );
-    async move {
-        let (io, clock) = StallIo::new(stream, ctx.settings.player_write_timeout);
-        let service = {
+    )
+}
+
+async fn serve_connection<S>(stream: S, peer: SocketAddr, ctx: Arc<ServerContext>, tls: bool)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let guard = Arc::new(ctx.clients.register(peer, Transport::HttpFlv));
+    let span = connection_span(&guard, peer, tls);
+    serve_with_hyper(stream, ctx, guard).instrument(span).await
+}
+
+/// hyper serves the connection: every request on TLS, and on plain TCP
+/// whatever is not a play.
+async fn serve_with_hyper<S>(stream: S, ctx: Arc<ServerContext>, guard: Arc<ClientGuard>)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (io, clock) = StallIo::new(stream, ctx.settings.player_write_timeout);
+    let service = {
+        let (ctx, guard) = (ctx.clone(), guard.clone());
+        service_fn(move |req| {
             let (ctx, guard) = (ctx.clone(), guard.clone());
-            service_fn(move |req| {
-                let (ctx, guard) = (ctx.clone(), guard.clone());
-                async move { Ok::<_, Infallible>(route(req, ctx, guard).await) }
-            })
-        };
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(ctx.settings.handshake_timeout)
-            .max_buf_size(64 * 1024)
-            .serve_connection(TokioIo::new(io), service);
-        let reason = drive(conn, &ctx, &guard, &clock).await;
-        let bytes = clock.bytes_written();
-        guard.entry().add_bytes_out(bytes);
-        limits::disconnects::http_ended(guard.entry(), reason, bytes);
-    }
-    .instrument(span)
-    .await
+            async move { Ok::<_, Infallible>(route(req, ctx, guard).await.into_response()) }
+        })
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(ctx.settings.handshake_timeout)
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(io), service);
+    let reason = drive(conn, &ctx, &guard, &clock).await;
+    let bytes = clock.bytes_written();
+    guard.entry().add_bytes_out(bytes);
+    limits::disconnects::http_ended(guard.entry(), reason, bytes);
 }
 
 /// Run the connection until it ends, a shutdown or kick ends it, or its
@@ -207,11 +235,47 @@ fn parse_path(path: &str) -> Option<(&str, &str)> {
     Some((app, stream))
 }
 
-async fn route(
-    req: Request<Incoming>,
+/// What a request gets: a complete response, or a play to stream.
+pub(super) enum Routed {
+    Response(Response<Body>),
+    Play(Box<Started>),
+}
+
+impl From<Response<Body>> for Routed {
+    fn from(response: Response<Body>) -> Self {
+        Routed::Response(response)
+    }
+}
+
+impl Routed {
+    /// As hyper serves it.
+    fn into_response(self) -> Response<Body> {
+        match self {
+            Routed::Response(response) => response,
+            Routed::Play(started) => flv_response((*started).into_body()),
+        }
+    }
+}
+
+/// Serves a request (only its head is read: every route is body-less).
+pub(super) async fn route<B>(
+    req: Request<B>,
     ctx: Arc<ServerContext>,
     guard: Arc<ClientGuard>,
-) -> Response<Body> {
+) -> Routed {
+    match admit(req, &ctx, &guard).await {
+        Ok((key, query, authorized)) => play(key, query, authorized, ctx, guard).await,
+        Err(response) => Routed::Response(response),
+    }
+}
+
+/// A play request's key, query and authorization; anything else (or a
+/// refusal) is answered here.
+async fn admit<B>(
+    req: Request<B>,
+    ctx: &Arc<ServerContext>,
+    guard: &Arc<ClientGuard>,
+) -> Result<(StreamKey, Option<String>, Authorized), Response<Body>> {
     if req.method() == Method::OPTIONS {
         let mut response = text(StatusCode::NO_CONTENT, "");
         let headers = response.headers_mut();
@@ -223,36 +287,39 @@ async fn route(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
             "*".parse().expect("static"),
         );
-        return response;
+        return Err(response);
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(
+        return Err(text(
             StatusCode::METHOD_NOT_ALLOWED,
             "only GET and HEAD are supported\n",
-        );
+        ));
     }
     if req.uri().path() == "/" {
-        return viewer_page(&ctx, req.method() == Method::HEAD);
+        return Err(viewer_page(ctx, req.method() == Method::HEAD));
     }
     let Some((app, stream)) = parse_path(req.uri().path()) else {
-        return text(
+        return Err(text(
             StatusCode::NOT_FOUND,
             "not found: play URLs look like /{app}/{stream}.flv (the viewer page is /)\n",
-        );
+        ));
     };
     let key = match super::names::stream_key(app, stream) {
         Ok(key) => key,
         Err(error) => {
             tracing::warn!(%error, "play refused: invalid app or stream name");
-            return text_owned(StatusCode::BAD_REQUEST, format!("invalid name: {error}\n"));
+            return Err(text_owned(
+                StatusCode::BAD_REQUEST,
+                format!("invalid name: {error}\n"),
+            ));
         }
     };
     if req.method() == Method::HEAD {
         let published = ctx.hub.source(&key).is_some_and(|s| s.is_publishing());
         return if published {
-            flv_response(Full::new(TagBatch::default()).boxed())
+            Err(flv_response(Full::new(TagBatch::default()).boxed()))
         } else {
-            text(StatusCode::NOT_FOUND, "stream not found\n")
+            Err(text(StatusCode::NOT_FOUND, "stream not found\n"))
         };
     }
     let query = req.uri().query().map(str::to_owned);
@@ -274,17 +341,17 @@ async fn route(
         Ok(authorized) => authorized,
         Err(refusal) => {
             let status = refusal.http_status();
-            return if status == StatusCode::UNAUTHORIZED {
+            return Err(if status == StatusCode::UNAUTHORIZED {
                 text(
                     status,
                     "a signed URL is required (?token=...&expires=...)\n",
                 )
             } else {
                 text(status, "not authorized\n")
-            };
+            });
         }
     };
-    play(key, query, authorized, ctx, guard).await
+    Ok((key, query, authorized))
 }
 
 /// Whether an older generation of this node is still draining after an
@@ -313,7 +380,7 @@ async fn play(
     authorized: Authorized,
     ctx: Arc<ServerContext>,
     guard: Arc<ClientGuard>,
-) -> Response<Body> {
+) -> Routed {
     let span = tracing::Span::current();
     span.record("stream", tracing::field::display(&key));
     span.record("role", "player");
@@ -324,13 +391,14 @@ async fn play(
     let absent = ctx.streams.locate(&key).await == Presence::Absent;
     if absent && ctx.settings.http_flv_play_wait.is_zero() && !older_generation_serves(&ctx) {
         tracing::info!("play refused: stream not published");
-        return text(StatusCode::NOT_FOUND, "stream not found\n");
+        return text(StatusCode::NOT_FOUND, "stream not found\n").into();
     }
     if limits::check_new_stream(&ctx, &key, guard.entry().peer.ip()).is_err() {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many streams on this server (max_streams)\n",
-        );
+        )
+        .into();
     }
     guard.set_role(ClientRole::Player, Some(key.clone()));
     let subscriber = ctx
@@ -346,52 +414,81 @@ async fn play(
             Ok(Step::Stop(_)) | Err(_) => {
                 guard.set_role(ClientRole::Pending, None);
                 tracing::info!("play refused: stream not published");
-                return text(StatusCode::NOT_FOUND, "stream not found\n");
+                return text(StatusCode::NOT_FOUND, "stream not found\n").into();
             }
         }
     }
     tracing::info!("play started");
-    let source = playback.source().clone();
-    let mut first_batch = TagBatch::from(flv::file_header(true, true));
-    push_tags(&mut first_batch, &mut first);
-    let initial = stream::iter([Ok(Frame::data(first_batch))]);
-    let live = stream::unfold(Some((playback, first)), move |state| {
-        // Held as long as the body: dropped, it sends `on_stop`.
-        let _authorized = &authorized;
-        let source = source.clone();
-        async move {
-            let (mut playback, mut items) = state?;
-            loop {
-                match playback.next(&mut items).await {
-                    Ok(Step::Items { then_stop }) => {
-                        let mut batch = TagBatch::with_capacity(items.len());
-                        push_tags(&mut batch, &mut items);
-                        source.add_bytes_out(bytes::Buf::remaining(&batch) as u64);
-                        let next = if then_stop.is_some() {
-                            None
-                        } else {
-                            Some((playback, items))
-                        };
-                        if !batch.is_empty() {
-                            return Some((Ok(Frame::data(batch)), next));
+    Routed::Play(Box::new(Started {
+        playback,
+        first,
+        authorized,
+    }))
+}
+
+/// A play whose response starts now: the FLV header and `first` (what
+/// the wait for a publisher took), then live tags from `playback`.
+pub(super) struct Started {
+    pub playback: Playback,
+    pub first: Vec<HubItem>,
+    /// Held as long as the play: dropped, it sends `on_stop`.
+    pub authorized: Authorized,
+}
+
+impl Started {
+    /// The FLV header and the first items' tags.
+    pub fn first_batch(&mut self) -> TagBatch {
+        let mut batch = TagBatch::from(flv::file_header(true, true));
+        push_tags(&mut batch, &mut self.first);
+        batch
+    }
+
+    /// The response body hyper streams.
+    fn into_body(mut self) -> Body {
+        let first_batch = self.first_batch();
+        let Started {
+            playback,
+            first,
+            authorized,
+        } = self;
+        let source = playback.source().clone();
+        let initial = stream::iter([Ok(Frame::data(first_batch))]);
+        let live = stream::unfold(Some((playback, first)), move |state| {
+            let _authorized = &authorized;
+            let source = source.clone();
+            async move {
+                let (mut playback, mut items) = state?;
+                loop {
+                    match playback.next(&mut items).await {
+                        Ok(Step::Items { then_stop }) => {
+                            let mut batch = TagBatch::with_capacity(items.len());
+                            push_tags(&mut batch, &mut items);
+                            source.add_bytes_out(bytes::Buf::remaining(&batch) as u64);
+                            let next = if then_stop.is_some() {
+                                None
+                            } else {
+                                Some((playback, items))
+                            };
+                            if !batch.is_empty() {
+                                return Some((Ok(Frame::data(batch)), next));
+                            }
+                            (playback, items) = next?;
                         }
-                        (playback, items) = next?;
-                    }
-                    Ok(Step::Stop(reason)) => {
-                        tracing::info!(reason, "play ended");
-                        return None;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "play ended");
-                        return None;
+                        Ok(Step::Stop(reason)) => {
+                            tracing::info!(reason, "play ended");
+                            return None;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "play ended");
+                            return None;
+                        }
                     }
                 }
             }
-        }
-    });
-    use futures_util::StreamExt;
-    let body = StreamBody::new(initial.chain(live));
-    flv_response(BodyExt::boxed(body))
+        });
+        use futures_util::StreamExt;
+        BodyExt::boxed(StreamBody::new(initial.chain(live)))
+    }
 }
 
 /// Moves the FLV tags of `items` into `batch`, leaving `items` empty (and

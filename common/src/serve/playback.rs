@@ -17,6 +17,7 @@ use crate::kick::Kick;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::future::Future;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// Most items taken from the hub for one write.
 const MAX_BATCH: usize = 256;
@@ -60,6 +61,9 @@ pub struct Playback {
     subscriber: Subscriber,
     stops: StopSignals,
     kick: Kick,
+    /// The stop signals' tokens, for a cheap look without polling.
+    close_all: CancellationToken,
+    close_players: CancellationToken,
     play_wait_timeout: Duration,
     /// End the play at the first unpublish (see
     /// [`super::StreamDirectory::unpublish_ends_play`]).
@@ -88,6 +92,8 @@ impl Playback {
             .into_iter()
             .collect(),
             kick,
+            close_all: ctx.shutdown.close_all.clone(),
+            close_players: ctx.shutdown.close_players.clone(),
             play_wait_timeout: ctx.settings.play_wait_timeout,
             unpublish_ends_play: ctx.streams.unpublish_ends_play()
                 || ctx.settings.republish == Republish::End,
@@ -131,37 +137,79 @@ impl Playback {
                 _ = sleep_until_opt(closing_deadline) => return Ok(Step::Stop("drain deadline")),
                 result = self.subscriber.next_batch(items, start + MAX_BATCH) => result?,
             }
-            if self.unpublish_ends_play && !self.is_waiting_for_publisher() {
-                if let Some(at) = items[start..]
-                    .iter()
-                    .position(|i| matches!(i, HubItem::Unpublished))
-                {
-                    items.truncate(start + at + 1);
-                    return Ok(Step::Items {
-                        then_stop: Some("stream ended upstream"),
-                    });
-                }
-            }
-            for item in &items[start..] {
-                match item {
-                    HubItem::Unpublished => self.unpublished_since = Some(Instant::now()),
-                    HubItem::Published => self.unpublished_since = None,
-                    HubItem::Frame(_) => {}
-                }
-            }
-            if self.closing_since.is_some() {
-                if let Some(at) = items[start..]
-                    .iter()
-                    .position(|i| matches!(i, HubItem::Frame(f) if f.frame.is_keyframe()))
-                {
-                    items.truncate(start + at);
-                    return Ok(Step::Items {
-                        then_stop: Some("drain deadline (at a keyframe boundary)"),
-                    });
-                }
-            }
-            return Ok(Step::Items { then_stop: None });
+            return Ok(self.settle(items, start));
         }
+    }
+
+    /// What the items appended to `items` since `start` mean for the
+    /// play: publisher events noted, the batch cut where the play must
+    /// end (an unpublish that ends it, a keyframe boundary at a drain).
+    pub fn settle(&mut self, items: &mut Vec<HubItem>, start: usize) -> Step {
+        if self.unpublish_ends_play && !self.is_waiting_for_publisher() {
+            if let Some(at) = items[start..]
+                .iter()
+                .position(|i| matches!(i, HubItem::Unpublished))
+            {
+                items.truncate(start + at + 1);
+                return Step::Items {
+                    then_stop: Some("stream ended upstream"),
+                };
+            }
+        }
+        for item in &items[start..] {
+            match item {
+                HubItem::Unpublished => self.unpublished_since = Some(Instant::now()),
+                HubItem::Published => self.unpublished_since = None,
+                HubItem::Frame(_) => {}
+            }
+        }
+        if self.closing_since.is_some() {
+            if let Some(at) = items[start..]
+                .iter()
+                .position(|i| matches!(i, HubItem::Frame(f) if f.frame.is_keyframe()))
+            {
+                items.truncate(start + at);
+                return Step::Items {
+                    then_stop: Some("drain deadline (at a keyframe boundary)"),
+                };
+            }
+        }
+        Step::Items { then_stop: None }
+    }
+
+    /// Whether this play may be parked with its source's flusher (see
+    /// `hub::direct`): playing a coalesced stream, caught up, with no
+    /// publisher wait or drain in progress, and not a relay.
+    pub fn can_park(&self) -> bool {
+        self.unpublished_since.is_none()
+            && self.closing_since.is_none()
+            && !self.subscriber.is_immediate()
+            && !self.subscriber.has_more_now()
+            && self.subscriber.source().coalescing()
+            && !self.stop_pending()
+    }
+
+    /// A stop signal fired that this play has not handled yet.
+    pub fn stop_pending(&self) -> bool {
+        self.close_all.is_cancelled() || self.close_players.is_cancelled() || self.kick.is_kicked()
+    }
+
+    /// See [`Subscriber::missed_a_wakeup`].
+    pub fn missed_a_wakeup(&self) -> bool {
+        self.subscriber.missed_a_wakeup()
+    }
+
+    /// A parked play's take, without waiting: appends what is pending to
+    /// `items` and says whether it is plain frames the flusher may write
+    /// (false: the items are the play's own task's to handle, through
+    /// [`Playback::settle`]).
+    pub fn take_round(&mut self, items: &mut Vec<HubItem>) -> Result<bool, SubscribeError> {
+        let start = items.len();
+        self.subscriber.take_round(items, start + MAX_BATCH)?;
+        Ok(items.len() < start + MAX_BATCH
+            && items[start..]
+                .iter()
+                .all(|i| matches!(i, HubItem::Frame(_))))
     }
 }
 

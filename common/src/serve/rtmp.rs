@@ -23,6 +23,7 @@ use crate::rtmp::session::{ServerEvent, ServerSession, SessionConfig, PLAY_STREA
 use anyhow::{anyhow, bail, Context as _};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +34,7 @@ use tracing::Instrument;
 use super::accept::{accept_loop, ListenerKind};
 use super::auth::{Action, AuthRequest, Authorized, Refusal};
 use super::limits;
+use super::parked_play::{park, Encoding, Parked, Woke};
 use super::playback::{Playback, Step};
 use super::ServerContext;
 
@@ -52,7 +54,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>) {
 async fn handle_connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<ServerContext>) {
     let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.into_split();
-    serve_connection(Box::new(reader), Box::new(writer), peer, ctx, false).await
+    serve_connection(Box::new(reader), Writer::Tcp(writer), peer, ctx, false).await
 }
 
 /// RTMPS: the same serving over a TLS stream (see [`super::tls`]).
@@ -64,7 +66,14 @@ pub async fn serve_tls(listener: TcpListener, ctx: Arc<ServerContext>, acceptor:
         acceptor,
         |stream, peer, ctx| async move {
             let (reader, writer) = tokio::io::split(stream);
-            serve_connection(Box::new(reader), Box::new(writer), peer, ctx, true).await
+            serve_connection(
+                Box::new(reader),
+                Writer::Other(Box::new(writer)),
+                peer,
+                ctx,
+                true,
+            )
+            .await
         },
     )
     .await;
@@ -98,7 +107,81 @@ async fn serve_connection(
 
 /// A connection's halves: a TCP socket's, or a TLS stream's.
 type Reader = Box<dyn AsyncRead + Send + Unpin>;
-type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// The write half: a TCP socket's (a play may park it with the flusher,
+/// see [`super::parked_play`]) or a TLS stream's.
+enum Writer {
+    Tcp(OwnedWriteHalf),
+    Other(Box<dyn AsyncWrite + Send + Unpin>),
+    /// With the flusher while the play is parked; never written then.
+    Parked,
+}
+
+impl Writer {
+    fn as_write(
+        self: Pin<&mut Self>,
+    ) -> Result<Pin<&mut (dyn AsyncWrite + Send + Unpin)>, std::io::Error> {
+        match self.get_mut() {
+            Writer::Tcp(tcp) => Ok(Pin::new(tcp)),
+            Writer::Other(other) => Ok(Pin::new(&mut **other)),
+            Writer::Parked => Err(std::io::Error::other(
+                "the play's socket is parked with the flusher",
+            )),
+        }
+    }
+}
+
+impl AsyncWrite for Writer {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.as_write() {
+            Ok(inner) => inner.poll_write(cx, buf),
+            Err(error) => Poll::Ready(Err(error)),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.as_write() {
+            Ok(inner) => inner.poll_write_vectored(cx, bufs),
+            Err(error) => Poll::Ready(Err(error)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Writer::Tcp(tcp) => tcp.is_write_vectored(),
+            Writer::Other(other) => other.is_write_vectored(),
+            Writer::Parked => false,
+        }
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.as_write() {
+            Ok(inner) => inner.poll_flush(cx),
+            Err(error) => Poll::Ready(Err(error)),
+        }
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.as_write() {
+            Ok(inner) => inner.poll_shutdown(cx),
+            Err(error) => Poll::Ready(Err(error)),
+        }
+    }
+}
 
 struct Connection {
     reader: Reader,
@@ -511,8 +594,17 @@ impl Connection {
         // player (ffmpeg) ends its play at UnpublishNotify.
         let notify_changes = self.session.can_reconnect() || playback.ends_at_unpublish();
         let mut unpublish_notified = false;
+        let encoding = Encoding::Rtmp {
+            stream_id,
+            shared_bytes,
+        };
+        // Items the flusher took for a parked play and handed back.
+        let mut resumed: Option<Step> = None;
         loop {
-            let step = tokio::select! {
+            let step = if let Some(step) = resumed.take() {
+                step
+            } else {
+                tokio::select! {
                 _ = reconnect.as_mut(), if !asked_to_reconnect => {
                     asked_to_reconnect = true;
                     self.ask_to_reconnect();
@@ -529,6 +621,7 @@ impl Connection {
                     }
                     self.flush_session().await?;
                     continue;
+                }
                 }
             };
             let then_stop = match step {
@@ -590,6 +683,62 @@ impl Connection {
             source.add_bytes_out(written);
             if let Some(reason) = then_stop {
                 return Ok(reason);
+            }
+            if !started || !playback.can_park() {
+                continue;
+            }
+            let Some(writer) = self.take_tcp_writer() else {
+                continue;
+            };
+            let parked = Parked {
+                playback,
+                writer,
+                items: std::mem::take(&mut items),
+                unsent: std::mem::take(&mut segments),
+                error: None,
+            };
+            let watch_reconnect =
+                (!asked_to_reconnect).then(|| self.ctx.shutdown.reconnect.clone());
+            let (ctx, entry) = (self.ctx.clone(), self.guard.entry().clone());
+            let input = self.read_some();
+            let (mut back, woke) =
+                park(parked, entry, encoding, &ctx, watch_reconnect, input).await?;
+            let error = back.take_error();
+            self.writer = Writer::Tcp(back.writer);
+            playback = back.playback;
+            items = back.items;
+            segments = back.unsent;
+            error?;
+            // Continue the byte stream where the flusher stopped.
+            if !segments.is_empty() {
+                let written =
+                    write_all_segments(&mut self.writer, &segments, write_timeout).await?;
+                segments.clear();
+                self.guard.entry().add_bytes_out(written);
+                source.add_bytes_out(written);
+            }
+            if !items.is_empty() {
+                resumed = Some(playback.settle(&mut items, 0));
+            }
+            if let Woke::Input(more) = woke {
+                if !more? {
+                    return Ok("player closed the connection");
+                }
+                if self.take_player_events() {
+                    return Ok("player stopped");
+                }
+                self.flush_session().await?;
+            }
+        }
+    }
+
+    /// The plain-TCP write half, to park; a TLS writer stays.
+    fn take_tcp_writer(&mut self) -> Option<OwnedWriteHalf> {
+        match std::mem::replace(&mut self.writer, Writer::Parked) {
+            Writer::Tcp(writer) => Some(writer),
+            other => {
+                self.writer = other;
+                None
             }
         }
     }
