@@ -29,6 +29,12 @@
 #   BATON_ARGS="..."          extra flags for every baton-origin
 #   ARGS_<label>="..."        extra flags for the variant <label> only
 #   BUILD=1 TAG=              BUILD=0 skips cargo; TAG names the output
+#   CPU_QUOTA=                N: each server may use only N % of its core
+#                             (CFS bandwidth, 10 ms period, cgroup v1 or
+#                             v2): a saturation point at N % of a core
+#                             needs only N % of the load, which the one
+#                             client core can then still read (at 100 %
+#                             the client saturates first on 2 cores)
 #
 # Needs: nginx + libnginx-mod-rtmp (apt), jq, taskset, 2 cores.
 set -euo pipefail
@@ -48,6 +54,34 @@ BATON_VARIANTS=${BATON_VARIANTS:-"baton=$ORIGIN"}
 TAG=${TAG:-}
 SRS_RTMP=${BENCH_SRS_RTMP:-127.0.0.1:19352}
 SRS_HTTP=${BENCH_SRS_HTTP:-127.0.0.1:18082}
+
+CPU_QUOTA=${CPU_QUOTA:-}
+CGROUP=
+
+# limit_cpu PID: with CPU_QUOTA, the server (and its children: nginx's
+# workers) may use CPU_QUOTA % of a core from now on.
+limit_cpu() {
+    [[ -n $CPU_QUOTA ]] || return 0
+    local pid=$1 quota_us=$((CPU_QUOTA * 100)) p
+    if [[ -z $CGROUP ]]; then
+        if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
+            CGROUP=/sys/fs/cgroup/baton-bench-$$
+            mkdir -p "$CGROUP"
+            echo "$quota_us 10000" >"$CGROUP/cpu.max"
+        elif [[ -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]]; then
+            CGROUP=/sys/fs/cgroup/cpu/baton-bench-$$
+            mkdir -p "$CGROUP"
+            echo 10000 >"$CGROUP/cpu.cfs_period_us"
+            echo "$quota_us" >"$CGROUP/cpu.cfs_quota_us"
+        else
+            die "CPU_QUOTA needs the cgroup cpu controller (v1 or v2) and root"
+        fi
+        log "servers limited to $CPU_QUOTA % of a core ($CGROUP)"
+    fi
+    for p in $pid $(pgrep -P "$pid" || true); do
+        echo "$p" >"$CGROUP/cgroup.procs"
+    done
+}
 
 # publish_synth LABEL URL: the stamped synthetic publisher, on core 1.
 publish_synth() {
@@ -98,6 +132,7 @@ run_baton_variant() {
     PIDS+=("$pid")
     wait_port "$BATON_RTMP" "$pid" "$label" "$logfile"
     wait_port "$BATON_HTTP" "$pid" "$label" "$logfile"
+    limit_cpu "$pid"
     publish_synth "$label" "rtmp://$BATON_RTMP/live/bench"
     points "$label" "$pid" "rtmp://$BATON_RTMP/live/bench" "http://$BATON_HTTP/live/bench.flv"
     stop "$PUB_PID"
@@ -126,6 +161,7 @@ run_srs() {
     PIDS+=("$pid")
     wait_port "$SRS_RTMP" "$pid" srs "$dir/srs.log"
     wait_port "$SRS_HTTP" "$pid" srs "$dir/srs.log"
+    limit_cpu "$pid"
     publish_synth srs "rtmp://$SRS_RTMP/live/bench"
     points srs "$pid" "rtmp://$SRS_RTMP/live/bench" "http://$SRS_HTTP/live/bench.flv"
     stop "$PUB_PID"
@@ -142,6 +178,7 @@ run_nginx_peer() {
     pid=$!
     PIDS+=("$pid")
     wait_port "$NGINX_RTMP" "$pid" nginx "$dir/logs/error.log"
+    limit_cpu "$pid"
     publish_synth nginx-rtmp "rtmp://$NGINX_RTMP/live/bench"
     points nginx-rtmp "$pid" "rtmp://$NGINX_RTMP/live/bench" ""
     stop "$PUB_PID"
@@ -172,11 +209,15 @@ peers_main() {
         *) die "unknown server '$s' in SERVERS (baton, srs, nginx)" ;;
         esac
     done
+    if [[ -n $CGROUP ]]; then
+        rmdir "$CGROUP" 2>/dev/null || true
+    fi
     log "results"
     {
         echo "# Fan-out with players reading every $READ_EVERY: ${COUNTS// //} players, ${DURATION} s per point"
         echo
         echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r), git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo none); load average at the end of each point in the last column."
+        [[ -z $CPU_QUOTA ]] || echo "Each server limited to $CPU_QUOTA % of core 0 (CFS bandwidth, 10 ms period)."
         echo "Server on core 0; publisher (baton-bench publish --stamp, $BITRATE) and players on core 1."
         echo "CPU is the server's own over the steady window (after the ramp), per GB delivered in it."
         echo "Late = when a player's read took a frame out of its socket minus when the publisher sent it (same wall clock)."
