@@ -24,10 +24,8 @@ use crate::clients::ClientEntry;
 use crate::hub::{encode_rtmp, DirectPlayer, HubItem, SubscribeError};
 
 use super::playback::Playback;
+use super::rtmp::MAX_IOVECS;
 use super::ServerContext;
-
-/// Most buffers handed to one `writev`.
-const MAX_IOVECS: usize = 64;
 
 /// What a parked play owns while the flusher writes it.
 pub(super) struct Parked {
@@ -325,11 +323,17 @@ fn write_now(writer: &OwnedWriteHalf, segments: &mut Vec<Bytes>) -> io::Result<u
         for (slot, part) in slices.iter_mut().zip(segments.iter()) {
             *slot = IoSlice::new(part);
         }
-        let n = match writer.try_write_vectored(&slices[..count]) {
+        // The socket's own writev, not tokio's `try_write_vectored`: that
+        // looks at (and on a full socket clears) the readiness tokio
+        // keeps for the socket, one more cold cache line per player per
+        // round. Not clearing it is safe: the task's next write finds the
+        // socket full itself and only then waits for readiness.
+        let n = match nix::sys::uio::writev(writer.as_ref(), &slices[..count]) {
             Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "wrote 0 bytes")),
             Ok(n) => n,
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-            Err(error) => return Err(error),
+            Err(nix::errno::Errno::EAGAIN) => break,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(errno) => return Err(io::Error::from(errno)),
         };
         written += n as u64;
         consume(segments, n);

@@ -823,7 +823,7 @@ impl Connection {
 }
 
 /// Most buffers handed to one `writev`.
-const MAX_IOVECS: usize = 64;
+pub(super) const MAX_IOVECS: usize = 64;
 
 /// Write every segment with vectored writes (no copying them together),
 /// failing if the socket accepts nothing for `stall_timeout`. The stall
