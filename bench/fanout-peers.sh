@@ -15,6 +15,10 @@
 #   PROTOCOLS="rtmp http"     nginx-rtmp only ever runs rtmp
 #   SERVERS="baton srs nginx"
 #   READ_EVERY=200ms          player read cadence (0s: on arrival)
+#   UNWOKEN=                  1: RTMP players reading on a cadence are not
+#                             woken by arrivals between reads (fanout
+#                             --unwoken): on loopback that wake-up is
+#                             charged to the server's core
 #   DURATION=32               seconds per point (steady window: the run
 #                             minus the ramp minus 1 s)
 #   RAMP=2000/s BITRATE=1080k
@@ -48,6 +52,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/fanout.sh"
 COUNTS=${COUNTS:-"1000 2000 4000"}
 PROTOCOLS=${PROTOCOLS:-"rtmp http"}
 READ_EVERY=${READ_EVERY:-200ms}
+UNWOKEN=${UNWOKEN:-}
 BITRATE=${BITRATE:-1080k}
 SRS_BIN=${SRS_BIN:-/work/peers/srs/trunk/objs/srs}
 BATON_VARIANTS=${BATON_VARIANTS:-"baton=$ORIGIN"}
@@ -110,7 +115,7 @@ points() {
             log "$label $proto: $n players reading every $READ_EVERY for ${DURATION}s (load $(cut -d' ' -f1-3 /proc/loadavg))"
             taskset -c 1 "$BENCH" fanout --url "$url" --players "$n" --duration "${DURATION}s" \
                 --ramp "$RAMP" --read-every "$READ_EVERY" --label "$label" \
-                --server-pid "$pid" --json "$json" --quiet
+                ${UNWOKEN:+--unwoken} --server-pid "$pid" --json "$json" --quiet
             kill -0 "$pid" 2>/dev/null || die "$label died during the run"
             jq --arg load "$(cut -d' ' -f1 /proc/loadavg)" '. + {load: $load}' "$json" >"$json.tmp" &&
                 mv "$json.tmp" "$json"

@@ -127,6 +127,8 @@ pub struct FanoutOptions {
     pub ca: Option<PathBuf>,
     /// Players read every this long once playing; zero reads on arrival.
     pub read_every: Duration,
+    /// Between reads, RTMP players are not woken by arrivals.
+    pub unwoken: bool,
 }
 
 /// Live counters shared by all players, for progress lines and the
@@ -143,6 +145,13 @@ fn bump(c: &Cell<u64>, by: u64) {
     c.set(c.get() + by);
 }
 
+/// `--unwoken` players' `SO_RCVLOWAT` between reads: far more than a read
+/// period brings, so arrivals never wake them.
+const UNWOKEN_LOWAT: i32 = 8 * 1024 * 1024;
+/// How long an `--unwoken` player waits, at its tick, for the readiness
+/// that lowering the mark signals.
+const UNWOKEN_SIGNAL_WAIT: Duration = Duration::from_millis(5);
+
 /// What every player of a run shares.
 struct PlayerCtx {
     target: Target,
@@ -155,6 +164,8 @@ struct PlayerCtx {
     tls: Option<(TlsConnector, ServerName<'static>)>,
     /// Read cadence once playing; zero reads on arrival.
     read_every: Duration,
+    /// See [`FanoutOptions::unwoken`].
+    unwoken: bool,
     /// Stamped frames sent in this wall-clock span (ns) count for lateness.
     late_window: Option<(u64, u64)>,
 }
@@ -233,6 +244,7 @@ pub async fn run(opts: FanoutOptions) -> Result<Report> {
         stop_at_keyframe: false,
         tls,
         read_every: opts.read_every,
+        unwoken: opts.unwoken,
         late_window: Some((wall(window_start), wall(late_until))),
     });
     let cpu_before = match opts.server_pids.as_slice() {
@@ -337,6 +349,7 @@ pub async fn probe(url: &str, timeout: Duration) -> Result<()> {
         stop_at_keyframe: true,
         tls,
         read_every: Duration::ZERO,
+        unwoken: false,
         late_window: None,
     });
     let result = play(ctx).await;
@@ -563,6 +576,15 @@ async fn play_rtmp(ctx: &PlayerCtx, url: &str, result: &mut PlayerResult) -> Out
                 _ = sleep_until(at) => {}
             }
             next_read = Some(next_tick(at, ctx.read_every));
+            if ctx.unwoken {
+                // Lowering the mark makes the kernel signal what is
+                // queued (tcp_set_rcvlowat); wait for that signal (there
+                // is none when nothing arrived: then read nothing).
+                if let Err(e) = sys::set_recv_lowat(player.socket(), 1) {
+                    break Outcome::EndedEarly(format!("SO_RCVLOWAT: {e}"));
+                }
+                let _ = tokio::time::timeout(UNWOKEN_SIGNAL_WAIT, player.socket().readable()).await;
+            }
             let now = std::time::Instant::now();
             let read_ns = wallstamp::now_ns();
             let drained = loop {
@@ -582,6 +604,11 @@ async fn play_rtmp(ctx: &PlayerCtx, url: &str, result: &mut PlayerResult) -> Out
             }
             if let Err(e) = player.write_pending().await {
                 break Outcome::EndedEarly(format!("{e}"));
+            }
+            if ctx.unwoken {
+                if let Err(e) = sys::set_recv_lowat(player.socket(), UNWOKEN_LOWAT) {
+                    break Outcome::EndedEarly(format!("SO_RCVLOWAT: {e}"));
+                }
             }
             continue;
         }
@@ -605,6 +632,11 @@ async fn play_rtmp(ctx: &PlayerCtx, url: &str, result: &mut PlayerResult) -> Out
                 }
                 if !ctx.read_every.is_zero() && tracker.first_keyframe_at.is_some() {
                     next_read = Some(Instant::now() + ctx.read_every);
+                    if ctx.unwoken {
+                        if let Err(e) = sys::set_recv_lowat(player.socket(), UNWOKEN_LOWAT) {
+                            break Outcome::EndedEarly(format!("SO_RCVLOWAT: {e}"));
+                        }
+                    }
                 }
             }
             Ok(None) => break Outcome::EndedEarly("stream ended".into()),

@@ -81,6 +81,13 @@ enum Command {
         /// reads on arrival.
         #[arg(long, default_value = "0s", value_parser = units::parse_duration)]
         read_every: Duration,
+        /// With --read-every (RTMP players): the kernel does not wake a
+        /// player's thread for each arrival between its reads
+        /// (`SO_RCVLOWAT` raised between reads): on loopback that wake-up
+        /// is charged to the *server's* core, where on a real network it
+        /// happens on the viewer's machine.
+        #[arg(long)]
+        unwoken: bool,
     },
     /// Exit 0 once one player has received a keyframe from URL.
     Probe {
@@ -202,9 +209,11 @@ async fn run(command: Command) -> Result<()> {
             json,
             quiet,
             read_every,
+            unwoken,
         } => {
             fanout::run(fanout::FanoutOptions {
                 read_every,
+                unwoken,
                 url,
                 players,
                 duration,

@@ -104,6 +104,25 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
+/// Sets `SO_RCVLOWAT`: the kernel signals the socket readable (and wakes
+/// a waiting reader) only once this many bytes are queued.
+pub fn set_recv_lowat(socket: &impl std::os::fd::AsRawFd, bytes: i32) -> io::Result<()> {
+    // SAFETY: setsockopt reads an int of the size passed.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&bytes as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Resident set size in KiB (`VmRSS` of `/proc/PID/status`).
 pub fn rss_kib(pid: u32) -> io::Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;

@@ -321,6 +321,12 @@ impl RtmpPlayer {
         self.conn.next_event().await
     }
 
+    /// The socket (for socket options; reading it directly would bypass
+    /// the session).
+    pub fn socket(&self) -> &TcpStream {
+        &self.conn.socket
+    }
+
     /// The next media frame, skipping other events; `None` on EOF.
     pub async fn next_frame(&mut self) -> Result<Option<MediaFrame>, ClientError> {
         loop {
