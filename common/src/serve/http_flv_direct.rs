@@ -250,85 +250,85 @@ impl DirectPlay {
         // reading is how its closing the connection is seen.
         let mut discard = [0u8; 512];
         let mut resumed: Option<Result<Step, crate::hub::SubscribeError>> = None;
-        let mut first = true;
+        if let Err(reason) = self.write(&mut writer, &mut segments, &source).await {
+            return reason;
+        }
         loop {
-            if !first {
-                let step = if let Some(step) = resumed.take() {
-                    step
-                } else {
-                    tokio::select! {
-                        step = playback.next(&mut items) => step,
-                        read = reader.read(&mut discard) => match read {
-                            Ok(0) | Err(_) => return "connection closed",
-                            Ok(_) => continue,
-                        },
-                    }
-                };
-                let then_stop = match step {
-                    Ok(Step::Items { then_stop }) => then_stop,
-                    Ok(Step::Stop(reason)) => {
-                        tracing::info!(reason, "play ended");
-                        return self.finish(&mut writer, reason).await;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "play ended");
-                        return "player too slow";
-                    }
-                };
-                encode_flv(
+            // After a write the socket took whole: park until the flusher
+            // or the player needs this task (not with items handed back
+            // still to handle).
+            if resumed.is_none() && playback.can_park() {
+                let parked = Parked::new(playback, writer, &mut items, &mut segments);
+                let input = reader.read(&mut discard);
+                let (back, woke) = match park(
+                    parked,
+                    self.entry.clone(),
+                    encoding,
+                    &self.ctx,
                     None,
-                    &mut items,
-                    &mut segments,
-                    self.chunked,
-                    &mut chunk_headers,
-                );
-                if let Some(reason) = then_stop {
-                    if let Err(reason) = self.write(&mut writer, &mut segments, &source).await {
-                        return reason;
+                    input,
+                )
+                .await
+                {
+                    Ok(back) => back,
+                    Err(error) => {
+                        tracing::warn!(error = format!("{error:#}"), "play ended");
+                        return "connection error";
                     }
+                };
+                let error;
+                (playback, writer, error) = back.restore(&mut items, &mut segments);
+                if let Err(error) = error {
+                    tracing::warn!(error = format!("{error:#}"), "play ended");
+                    return write_failure(&error);
+                }
+                // Continue the byte stream where the flusher stopped.
+                if let Err(reason) = self.write(&mut writer, &mut segments, &source).await {
+                    return reason;
+                }
+                if !items.is_empty() {
+                    resumed = Some(Ok(playback.settle(&mut items, 0)));
+                }
+                if let Woke::Input(Ok(0) | Err(_)) = woke {
+                    return "connection closed";
+                }
+                continue;
+            }
+            let step = if let Some(step) = resumed.take() {
+                step
+            } else {
+                tokio::select! {
+                    step = playback.next(&mut items) => step,
+                    read = reader.read(&mut discard) => match read {
+                        Ok(0) | Err(_) => return "connection closed",
+                        Ok(_) => continue,
+                    },
+                }
+            };
+            let then_stop = match step {
+                Ok(Step::Items { then_stop }) => then_stop,
+                Ok(Step::Stop(reason)) => {
                     tracing::info!(reason, "play ended");
                     return self.finish(&mut writer, reason).await;
                 }
-            }
-            first = false;
-            if let Err(reason) = self.write(&mut writer, &mut segments, &source).await {
-                return reason;
-            }
-            if !playback.can_park() {
-                continue;
-            }
-            let parked = Parked {
-                playback,
-                writer,
-                items: std::mem::take(&mut items),
-                unsent: std::mem::take(&mut segments),
-                error: None,
-            };
-            let input = reader.read(&mut discard);
-            let parked = park(parked, self.entry.clone(), encoding, &self.ctx, None, input).await;
-            let (mut back, woke) = match parked {
-                Ok(back) => back,
                 Err(error) => {
-                    tracing::warn!(error = format!("{error:#}"), "play ended");
-                    return "connection error";
+                    tracing::warn!(%error, "play ended");
+                    return "player too slow";
                 }
             };
-            let error = back.take_error();
-            (playback, writer, items, segments) =
-                (back.playback, back.writer, back.items, back.unsent);
-            if let Err(error) = error {
-                tracing::warn!(error = format!("{error:#}"), "play ended");
-                return write_failure(&error);
-            }
-            // Continue the byte stream where the flusher stopped.
+            encode_flv(
+                None,
+                &mut items,
+                &mut segments,
+                self.chunked,
+                &mut chunk_headers,
+            );
             if let Err(reason) = self.write(&mut writer, &mut segments, &source).await {
                 return reason;
             }
-            if !items.is_empty() {
-                resumed = Some(Ok(playback.settle(&mut items, 0)));
-            }
-            if let Woke::Input(Ok(0) | Err(_)) = woke {
-                return "connection closed";
+            if let Some(reason) = then_stop {
+                tracing::info!(reason, "play ended");
+                return self.finish(&mut writer, reason).await;
             }
         }
     }

@@ -280,15 +280,42 @@ pub(super) async fn park<T>(
 }
 
 impl Parked {
-    /// The flusher's error, as the task reports it.
-    pub fn take_error(&mut self) -> anyhow::Result<()> {
-        match self.error.take() {
+    /// A play to park, with the task's buffers (taken from the caller;
+    /// [`Parked::restore`] gives them back).
+    pub fn new(
+        playback: Playback,
+        writer: OwnedWriteHalf,
+        items: &mut Vec<HubItem>,
+        unsent: &mut Vec<Bytes>,
+    ) -> Self {
+        Parked {
+            playback,
+            writer,
+            items: std::mem::take(items),
+            unsent: std::mem::take(unsent),
+            error: None,
+        }
+    }
+
+    /// Back to the task: the play, its socket and the flusher's error.
+    /// `items` gets what the flusher handed back unhandled (for
+    /// [`Playback::settle`]), `unsent` what it left unwritten (to write
+    /// first).
+    pub fn restore(
+        self,
+        items: &mut Vec<HubItem>,
+        unsent: &mut Vec<Bytes>,
+    ) -> (Playback, OwnedWriteHalf, anyhow::Result<()>) {
+        *items = self.items;
+        *unsent = self.unsent;
+        let error = match self.error {
             Some(ParkedError::Subscribe(error)) => Err(anyhow::anyhow!("{error}")),
             Some(ParkedError::Write(error)) => {
                 Err(anyhow::Error::new(error).context("write failed"))
             }
             None => Ok(()),
-        }
+        };
+        (self.playback, self.writer, error)
     }
 }
 

@@ -690,24 +690,14 @@ impl Connection {
             let Some(writer) = self.take_tcp_writer() else {
                 continue;
             };
-            let parked = Parked {
-                playback,
-                writer,
-                items: std::mem::take(&mut items),
-                unsent: std::mem::take(&mut segments),
-                error: None,
-            };
+            let parked = Parked::new(playback, writer, &mut items, &mut segments);
             let watch_reconnect =
                 (!asked_to_reconnect).then(|| self.ctx.shutdown.reconnect.clone());
             let (ctx, entry) = (self.ctx.clone(), self.guard.entry().clone());
             let input = self.read_some();
-            let (mut back, woke) =
-                park(parked, entry, encoding, &ctx, watch_reconnect, input).await?;
-            let error = back.take_error();
-            self.writer = Writer::Tcp(back.writer);
-            playback = back.playback;
-            items = back.items;
-            segments = back.unsent;
+            let (back, woke) = park(parked, entry, encoding, &ctx, watch_reconnect, input).await?;
+            let (back_playback, writer, error) = back.restore(&mut items, &mut segments);
+            (playback, self.writer) = (back_playback, Writer::Tcp(writer));
             error?;
             // Continue the byte stream where the flusher stopped.
             if !segments.is_empty() {
