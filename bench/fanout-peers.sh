@@ -19,6 +19,10 @@
 #                             woken by arrivals between reads (fanout
 #                             --unwoken): on loopback that wake-up is
 #                             charged to the server's core
+#   DECODE_EVERY=1            K: only every K-th player decodes (lateness,
+#                             losses, keyframes); the rest discard their
+#                             socket undecoded (fanout --decode-every), so
+#                             one client core can load a full server core
 #   DURATION=32               seconds per point (steady window: the run
 #                             minus the ramp minus 1 s)
 #   RAMP=2000/s BITRATE=1080k
@@ -53,6 +57,7 @@ COUNTS=${COUNTS:-"1000 2000 4000"}
 PROTOCOLS=${PROTOCOLS:-"rtmp http"}
 READ_EVERY=${READ_EVERY:-200ms}
 UNWOKEN=${UNWOKEN:-}
+DECODE_EVERY=${DECODE_EVERY:-1}
 BITRATE=${BITRATE:-1080k}
 SRS_BIN=${SRS_BIN:-/work/peers/srs/trunk/objs/srs}
 BATON_VARIANTS=${BATON_VARIANTS:-"baton=$ORIGIN"}
@@ -115,7 +120,7 @@ points() {
             log "$label $proto: $n players reading every $READ_EVERY for ${DURATION}s (load $(cut -d' ' -f1-3 /proc/loadavg))"
             taskset -c 1 "$BENCH" fanout --url "$url" --players "$n" --duration "${DURATION}s" \
                 --ramp "$RAMP" --read-every "$READ_EVERY" --label "$label" \
-                ${UNWOKEN:+--unwoken} --server-pid "$pid" --json "$json" --quiet
+                ${UNWOKEN:+--unwoken} --decode-every "$DECODE_EVERY" --server-pid "$pid" --json "$json" --quiet
             kill -0 "$pid" 2>/dev/null || die "$label died during the run"
             jq --arg load "$(cut -d' ' -f1 /proc/loadavg)" '. + {load: $load}' "$json" >"$json.tmp" &&
                 mv "$json.tmp" "$json"
@@ -154,7 +159,7 @@ run_srs() {
     # our pid file; everything else (merged writes: mw_latency 350 ms,
     # mw_msgs 8 by default) as SRS ships it.
     sed -e "s/^listen .*/listen              ${SRS_RTMP##*:};/" \
-        -e "s/^max_connections .*/max_connections     12000;/" \
+        -e "s/^max_connections .*/max_connections     16000;/" \
         -e "s/^\(\s*\)listen\(\s*\)8080;/\1listen\2${SRS_HTTP##*:};/" \
         "$trunk/conf/http.flv.live.conf" >"$dir/srs.conf"
     echo "pid $dir/srs.pid;" >>"$dir/srs.conf"

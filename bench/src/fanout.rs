@@ -129,6 +129,8 @@ pub struct FanoutOptions {
     pub read_every: Duration,
     /// Between reads, RTMP players are not woken by arrivals.
     pub unwoken: bool,
+    /// Only every this many players decode; the others drain (plain TCP).
+    pub decode_every: u64,
 }
 
 /// Live counters shared by all players, for progress lines and the
@@ -168,6 +170,21 @@ struct PlayerCtx {
     unwoken: bool,
     /// Stamped frames sent in this wall-clock span (ns) count for lateness.
     late_window: Option<(u64, u64)>,
+    /// Bytes read in this span count as the player's window bytes.
+    byte_window: Option<(Instant, Instant)>,
+}
+
+impl PlayerCtx {
+    /// Counts `n` bytes a player just read.
+    fn count_read(&self, tracker: &mut PlayerTracker, n: u64) {
+        bump(&self.counters.bytes, n);
+        if let Some((from, until)) = self.byte_window {
+            let now = Instant::now();
+            if now >= from && now < until {
+                tracker.window_bytes += n;
+            }
+        }
+    }
 }
 
 /// The TLS client of `https://` players: trusts only `ca`, checks the
@@ -246,6 +263,7 @@ pub async fn run(opts: FanoutOptions) -> Result<Report> {
         read_every: opts.read_every,
         unwoken: opts.unwoken,
         late_window: Some((wall(window_start), wall(late_until))),
+        byte_window: Some((window_start, late_until)),
     });
     let cpu_before = match opts.server_pids.as_slice() {
         [] => None,
@@ -264,7 +282,8 @@ pub async fn run(opts: FanoutOptions) -> Result<Report> {
             break;
         }
         sleep_until(at).await;
-        handles.push(tokio::task::spawn_local(play(ctx.clone())));
+        let decodes = i % opts.decode_every == 0;
+        handles.push(tokio::task::spawn_local(play(ctx.clone(), !decodes)));
     }
     let ramp_done = Instant::now();
     let bytes_at_ramp = ctx.counters.bytes.get();
@@ -351,8 +370,9 @@ pub async fn probe(url: &str, timeout: Duration) -> Result<()> {
         read_every: Duration::ZERO,
         unwoken: false,
         late_window: None,
+        byte_window: None,
     });
-    let result = play(ctx).await;
+    let result = play(ctx, false).await;
     if let Outcome::Failed(e) = &result.outcome {
         bail!("{url}: {e}");
     }
@@ -394,8 +414,9 @@ async fn progress(ctx: Rc<PlayerCtx>, start: Instant) {
     }
 }
 
-/// One player, whichever the protocol.
-async fn play(ctx: Rc<PlayerCtx>) -> PlayerResult {
+/// One player, whichever the protocol; a `drain` player discards what it
+/// reads undecoded (over TLS it decodes all the same).
+async fn play(ctx: Rc<PlayerCtx>, drain: bool) -> PlayerResult {
     let started = Instant::now();
     let mut result = PlayerResult {
         outcome: Outcome::Completed,
@@ -407,8 +428,8 @@ async fn play(ctx: Rc<PlayerCtx>) -> PlayerResult {
     let outcome = match &ctx.target {
         Target::HttpFlv {
             addr, host, path, ..
-        } => play_http(&ctx, addr, host, path, &mut result).await,
-        Target::Rtmp(url) => play_rtmp(&ctx, url, &mut result).await,
+        } => play_http(&ctx, addr, host, path, drain, &mut result).await,
+        Target::Rtmp(url) => play_rtmp(&ctx, url, drain, &mut result).await,
     };
     let c = &ctx.counters;
     match &outcome {
@@ -425,32 +446,49 @@ async fn play_http(
     addr: &str,
     host: &str,
     path: &str,
+    drain: bool,
     result: &mut PlayerResult,
 ) -> Outcome {
     let connect_deadline = ctx.deadline.min(Instant::now() + ctx.connect_timeout);
-    let stream = match timeout_at(connect_deadline, TcpStream::connect(addr)).await {
+    let mut stream = match timeout_at(connect_deadline, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Outcome::Failed(format!("connect: {e}")),
         Err(_) => return Outcome::Failed("connect: timed out".into()),
     };
     let Some((connector, name)) = &ctx.tls else {
-        return http_session(ctx, stream, host, path, connect_deadline, result).await;
+        let session = http_session(
+            ctx,
+            &mut stream,
+            host,
+            path,
+            connect_deadline,
+            drain,
+            result,
+        );
+        return match session.await {
+            Outcome::Completed if drain => drain_socket(ctx, &stream, &mut result.tracker).await,
+            outcome => outcome,
+        };
     };
     let handshake = connector.connect(name.clone(), stream);
     match timeout_at(connect_deadline, handshake).await {
-        Ok(Ok(tls)) => http_session(ctx, tls, host, path, connect_deadline, result).await,
+        Ok(Ok(mut tls)) => {
+            http_session(ctx, &mut tls, host, path, connect_deadline, false, result).await
+        }
         Ok(Err(e)) => Outcome::Failed(format!("TLS handshake: {e}")),
         Err(_) => Outcome::Failed("TLS handshake: timed out".into()),
     }
 }
 
-/// Request and read the FLV body on a connected stream (TCP or TLS).
+/// Request and read the FLV body on a connected stream (TCP or TLS); with
+/// `head_only`, return once the response head is in.
 async fn http_session<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &PlayerCtx,
-    mut stream: S,
+    stream: &mut S,
     host: &str,
     path: &str,
     connect_deadline: Instant,
+    head_only: bool,
     result: &mut PlayerResult,
 ) -> Outcome {
     let request = format!(
@@ -480,7 +518,7 @@ async fn http_session<S: AsyncRead + AsyncWrite + Unpin>(
     let mut draining = false;
     loop {
         let read = if draining {
-            match read_now(&mut stream, &mut buf).await {
+            match read_now(stream, &mut buf).await {
                 None => {
                     draining = false;
                     continue;
@@ -517,7 +555,7 @@ async fn http_session<S: AsyncRead + AsyncWrite + Unpin>(
         let now = std::time::Instant::now();
         let read_ns = wallstamp::now_ns();
         tracker.bytes += n as u64;
-        bump(&counters.bytes, n as u64);
+        ctx.count_read(tracker, n as u64);
         let pushed = reader.push(&buf[..n], &mut |info: FrameInfo| {
             tracker.on_frame_read(&info, now, read_ns)
         });
@@ -528,6 +566,10 @@ async fn http_session<S: AsyncRead + AsyncWrite + Unpin>(
                     end.as_mut().reset(ctx.deadline);
                     result.connect_time = Some(now.saturating_duration_since(result.started));
                     bump(&counters.connected, 1);
+                    if head_only {
+                        tracker.drained = true;
+                        return Outcome::Completed;
+                    }
                 }
                 if outcome.body_done {
                     return Outcome::EndedEarly("server ended the response".into());
@@ -550,7 +592,7 @@ async fn http_session<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-async fn play_rtmp(ctx: &PlayerCtx, url: &str, result: &mut PlayerResult) -> Outcome {
+async fn play_rtmp(ctx: &PlayerCtx, url: &str, drain: bool, result: &mut PlayerResult) -> Outcome {
     let connect_deadline = ctx.deadline.min(Instant::now() + ctx.connect_timeout);
     let mut player = match timeout_at(connect_deadline, RtmpPlayer::connect(url)).await {
         Ok(Ok(p)) => p,
@@ -562,7 +604,12 @@ async fn play_rtmp(ctx: &PlayerCtx, url: &str, result: &mut PlayerResult) -> Out
     result.connect_time = Some(result.started.elapsed());
     bump(&counters.connected, 1);
     let mut last_bytes = player.bytes_received();
-    bump(&counters.bytes, last_bytes);
+    ctx.count_read(tracker, last_bytes);
+    if drain {
+        tracker.drained = true;
+        tracker.bytes = last_bytes;
+        return drain_socket(ctx, player.socket(), tracker).await;
+    }
     let end = tokio::time::sleep_until(ctx.deadline);
     tokio::pin!(end);
     let mut next_read: Option<Instant> = None;
@@ -597,7 +644,7 @@ async fn play_rtmp(ctx: &PlayerCtx, url: &str, result: &mut PlayerResult) -> Out
                 }
             };
             let bytes = player.bytes_received();
-            bump(&counters.bytes, bytes.saturating_sub(last_bytes));
+            ctx.count_read(tracker, bytes.saturating_sub(last_bytes));
             last_bytes = bytes;
             if let Some(outcome) = drained {
                 break outcome;
@@ -625,7 +672,7 @@ async fn play_rtmp(ctx: &PlayerCtx, url: &str, result: &mut PlayerResult) -> Out
                     wallstamp::now_ns(),
                 );
                 let bytes = player.bytes_received();
-                bump(&counters.bytes, bytes.saturating_sub(last_bytes));
+                ctx.count_read(tracker, bytes.saturating_sub(last_bytes));
                 last_bytes = bytes;
                 if ctx.stop_at_keyframe && tracker.first_keyframe_at.is_some() {
                     break Outcome::Completed;
@@ -645,6 +692,40 @@ async fn play_rtmp(ctx: &PlayerCtx, url: &str, result: &mut PlayerResult) -> Out
     };
     tracker.bytes = player.bytes_received();
     outcome
+}
+
+/// A drainer's life once playing: on its cadence (or on arrival), discard
+/// whatever the socket holds without copying it, counting the bytes.
+async fn drain_socket(ctx: &PlayerCtx, socket: &TcpStream, tracker: &mut PlayerTracker) -> Outcome {
+    let end = tokio::time::sleep_until(ctx.deadline);
+    tokio::pin!(end);
+    let mut next_read = Instant::now() + ctx.read_every;
+    loop {
+        if ctx.read_every.is_zero() {
+            tokio::select! {
+                biased;
+                _ = &mut end => return Outcome::Completed,
+                r = socket.readable() => if let Err(e) = r {
+                    return Outcome::EndedEarly(format!("read: {e}"));
+                },
+            }
+        } else {
+            tokio::select! {
+                biased;
+                _ = &mut end => return Outcome::Completed,
+                _ = sleep_until(next_read) => {}
+            }
+            next_read = next_tick(next_read, ctx.read_every);
+        }
+        match sys::discard_queued(socket) {
+            Ok(Some(n)) => {
+                tracker.bytes += n;
+                ctx.count_read(tracker, n);
+            }
+            Ok(None) => return Outcome::EndedEarly("server closed the connection".into()),
+            Err(e) => return Outcome::EndedEarly(format!("read: {e}")),
+        }
+    }
 }
 
 /// One read if data is there now, without waiting (`None`: nothing yet).

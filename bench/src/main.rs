@@ -88,6 +88,14 @@ enum Command {
         /// happens on the viewer's machine.
         #[arg(long)]
         unwoken: bool,
+        /// Only every K-th player decodes what it reads (and so measures
+        /// lateness, losses and first-keyframe time); the others drain
+        /// their socket without copying it (`recv` with `MSG_TRUNC`) and
+        /// are behind when they received under 90 % of the decoders'
+        /// bytes. Lets one client core hold a load that saturates a
+        /// server core. 1: every player decodes.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+        decode_every: u64,
     },
     /// Exit 0 once one player has received a keyframe from URL.
     Probe {
@@ -210,10 +218,12 @@ async fn run(command: Command) -> Result<()> {
             quiet,
             read_every,
             unwoken,
+            decode_every,
         } => {
             fanout::run(fanout::FanoutOptions {
                 read_every,
                 unwoken,
+                decode_every,
                 url,
                 players,
                 duration,

@@ -122,6 +122,12 @@ pub struct PlayerTracker {
     /// Send time of the newest stamped frame received.
     pub newest_sent_ns: u64,
     last_seq: Option<u64>,
+    /// A drainer (`fanout --decode-every`): discards what it reads
+    /// undecoded, so only its bytes say whether it kept up.
+    pub drained: bool,
+    /// Bytes read within the run's byte window (the steady window up to
+    /// where lateness stops counting).
+    pub window_bytes: u64,
 }
 
 impl PlayerTracker {
@@ -317,6 +323,11 @@ pub struct Report {
     /// newest frame at the end of the window was older than that.
     #[serde(default)]
     pub players_behind: u64,
+    /// Players that drained their socket undecoded (`--decode-every`);
+    /// one of them is behind when its window bytes fall under 90 % of
+    /// the decoding players' median.
+    #[serde(default)]
+    pub players_drained: u64,
     /// Server CPU over the steady window only (after the ramp), per GB
     /// delivered in it, and as a share of one core.
     #[serde(default)]
@@ -382,6 +393,8 @@ impl Report {
         let mut player_late = Vec::new();
         let behind_ns = u64::try_from((run.read_every + Duration::from_millis(500)).as_nanos())
             .unwrap_or(u64::MAX);
+        let mut drained_bytes = Vec::new();
+        let mut decoded_bytes = Vec::new();
         for p in results.iter_mut() {
             let t = &mut p.tracker;
             r.total_bytes += t.bytes;
@@ -413,6 +426,13 @@ impl Report {
             if let Some(c) = p.connect_time {
                 connect.push(micros(c));
             }
+            if t.drained {
+                drained_bytes.push(t.window_bytes);
+                continue;
+            }
+            if matches!(p.outcome, Outcome::Completed) {
+                decoded_bytes.push(t.window_bytes);
+            }
             match t.first_keyframe_at {
                 Some(at) => {
                     first_key.push(micros(at.saturating_duration_since(p.started)));
@@ -431,6 +451,8 @@ impl Report {
                 late.append(&mut t.late_us);
             }
         }
+        r.players_drained = drained_bytes.len() as u64;
+        r.players_behind += drainers_behind(&mut decoded_bytes, &drained_bytes);
         r.read_every_ms = run.read_every.as_secs_f64() * 1000.0;
         r.late_ms = Millis::from_micros(&mut late);
         r.player_late_p99_ms = Millis::from_micros(&mut player_late);
@@ -462,6 +484,20 @@ impl Report {
         }
         r
     }
+}
+
+/// Drainers that received under 90 % of what the decoding players did
+/// (their median; with no decoder, the best drainer) in the byte window.
+fn drainers_behind(decoded: &mut [u64], drained: &[u64]) -> u64 {
+    decoded.sort_unstable();
+    let reference = match decoded.get(decoded.len() / 2) {
+        Some(&median) => median,
+        None => drained.iter().copied().max().unwrap_or(0),
+    };
+    drained
+        .iter()
+        .filter(|&&bytes| u128::from(bytes) * 10 < u128::from(reference) * 9)
+        .count() as u64
 }
 
 fn micros(d: Duration) -> u32 {
@@ -543,6 +579,13 @@ impl fmt::Display for Report {
                 "players behind: {}, frames lost: {}",
                 self.players_behind, self.frames_lost
             )?;
+            if self.players_drained > 0 {
+                writeln!(
+                    f,
+                    "players drained undecoded: {} (lateness, losses and keyframes are the others')",
+                    self.players_drained
+                )?;
+            }
         }
         if let (Some(per_gb), Some(pct)) = (self.steady_cpu_s_per_gb, self.steady_cpu_pct) {
             writeln!(
@@ -710,5 +753,14 @@ mod tests {
         let json = serde_json::to_string(&r).expect("serializes");
         let back: Report = serde_json::from_str(&json).expect("parses");
         assert_eq!(back.players_connected, 1);
+    }
+
+    #[test]
+    fn drainers_behind_against_the_decoders_median() {
+        // Decoders' median 1000: 900 keeps up, 899 does not.
+        assert_eq!(drainers_behind(&mut [1000, 10, 2000], &[900, 899, 1500]), 1);
+        // No decoder: against the best drainer.
+        assert_eq!(drainers_behind(&mut [], &[1000, 950, 100]), 1);
+        assert_eq!(drainers_behind(&mut [], &[]), 0);
     }
 }

@@ -123,6 +123,40 @@ pub fn set_recv_lowat(socket: &impl std::os::fd::AsRawFd, bytes: i32) -> io::Res
     Ok(())
 }
 
+/// Bytes one discarding `recv` may take at a time.
+const DISCARD_CHUNK: usize = 256 * 1024;
+
+/// Discards everything queued on `socket` without copying it to user
+/// space (`recv` with `MSG_TRUNC`, which TCP takes as "drop these bytes"),
+/// leaving the socket's readiness cleared for tokio. `Some(bytes)`
+/// discarded (0: nothing queued), `None` at end of stream.
+pub fn discard_queued(socket: &tokio::net::TcpStream) -> io::Result<Option<u64>> {
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
+    let mut total = 0u64;
+    loop {
+        let discarded = socket.try_io(tokio::io::Interest::READABLE, || {
+            // SAFETY: with MSG_TRUNC, TCP never writes to the buffer, and
+            // the null pointer with a length is what the call documents.
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    std::ptr::null_mut(),
+                    DISCARD_CHUNK,
+                    libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+                )
+            };
+            usize::try_from(n).map_err(|_| io::Error::last_os_error())
+        });
+        match discarded {
+            Ok(0) => return Ok(None),
+            Ok(n) => total += n as u64,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(total)),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Resident set size in KiB (`VmRSS` of `/proc/PID/status`).
 pub fn rss_kib(pid: u32) -> io::Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
