@@ -114,9 +114,20 @@ impl ClientEntry {
     }
 
     pub fn add_bytes_out(&self, n: u64) {
-        self.bytes_out.fetch_add(n, Ordering::Relaxed);
-        TOTAL_BYTES_OUT.fetch_add(n, Ordering::Relaxed);
+        self.add_own_bytes_out(n);
+        count_total_bytes_out(n);
     }
+
+    /// Adds to this client's counter only, for bytes already counted in
+    /// the process's total ([`count_total_bytes_out`]).
+    pub fn add_own_bytes_out(&self, n: u64) {
+        self.bytes_out.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Adds to the process's total of bytes sent to clients.
+pub fn count_total_bytes_out(n: u64) {
+    TOTAL_BYTES_OUT.fetch_add(n, Ordering::Relaxed);
 }
 
 #[derive(Clone)]
