@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-pub use direct::DirectPlayer;
+pub use direct::{prefetch_object, DirectPlayer};
 pub use frame::{encode_rtmp, SharedFrame};
 pub use source::{HubItem, PublisherInfo, Source, SourceStats};
 pub use subscriber::{SubscribeError, Subscriber};

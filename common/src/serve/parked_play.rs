@@ -270,6 +270,10 @@ impl DirectPlayer for ParkedPlay {
     fn hand_back(&self) {
         self.release();
     }
+
+    fn prefetch(&self) {
+        crate::hub::prefetch_object(self);
+    }
 }
 
 /// Why a parked play's task woke.
