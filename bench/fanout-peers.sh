@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fan-out cost and lateness: Baton, SRS and nginx-rtmp in one sitting.
+# Fan-out cost and lateness: Baton, SRS, nginx-rtmp and the floor (a bare
+# tokio fan-out, `baton-bench floor`) in one sitting.
 #
 # For each server in turn (pinned to core 0): `baton-bench publish --stamp`
 # (core 1) publishes the synthetic ~1 Mbit/s stream with a wall-clock send
@@ -13,7 +14,8 @@
 # Environment:
 #   COUNTS="1000 2000 4000"   players per point
 #   PROTOCOLS="rtmp http"     nginx-rtmp only ever runs rtmp
-#   SERVERS="baton srs nginx"
+#   SERVERS="baton srs nginx"   and/or floor: a bare tokio HTTP-FLV fan-out
+#                             (baton-bench floor), the cost floor
 #   READ_EVERY=200ms          player read cadence (0s: on arrival)
 #   UNWOKEN=                  1: RTMP players reading on a cadence are not
 #                             woken by arrivals between reads (fanout
@@ -64,6 +66,7 @@ BATON_VARIANTS=${BATON_VARIANTS:-"baton=$ORIGIN"}
 TAG=${TAG:-}
 SRS_RTMP=${BENCH_SRS_RTMP:-127.0.0.1:19352}
 SRS_HTTP=${BENCH_SRS_HTTP:-127.0.0.1:18082}
+FLOOR_HTTP=${BENCH_FLOOR_HTTP:-127.0.0.1:18090}
 
 CPU_QUOTA=${CPU_QUOTA:-}
 CGROUP=
@@ -178,6 +181,21 @@ run_srs() {
     stop "$pid"
 }
 
+# The floor: `baton-bench floor`, a bare tokio HTTP-FLV fan-out that
+# makes the stamped stream itself (so no publisher runs) and writes every
+# frame to every player as it comes. HTTP-FLV points only.
+run_floor() {
+    local logfile=$OUT/peers-floor.log pid
+    log "floor: baton-bench floor (core 0)"
+    taskset -c 0 "$BENCH" floor --http "$FLOOR_HTTP" --bitrate "$BITRATE" >"$logfile" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_port "$FLOOR_HTTP" "$pid" floor "$logfile"
+    limit_cpu "$pid"
+    points floor "$pid" "" "http://$FLOOR_HTTP/live/bench.flv"
+    stop "$pid"
+}
+
 run_nginx_peer() {
     local dir=$OUT/nginx pid
     [[ -f $NGINX_RTMP_MODULE ]] ||
@@ -216,7 +234,8 @@ peers_main() {
             ;;
         srs) run_srs ;;
         nginx) run_nginx_peer ;;
-        *) die "unknown server '$s' in SERVERS (baton, srs, nginx)" ;;
+        floor) run_floor ;;
+        *) die "unknown server '$s' in SERVERS (baton, srs, nginx, floor)" ;;
         esac
     done
     if [[ -n $CGROUP ]]; then

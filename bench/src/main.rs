@@ -13,6 +13,7 @@
 
 mod churn;
 mod fanout;
+mod floor;
 mod flv_reader;
 mod latency;
 mod publish;
@@ -151,6 +152,17 @@ enum Command {
         #[arg(long)]
         stamp: bool,
     },
+    /// The cost floor of an HTTP-FLV fan-out: a bare tokio server that
+    /// makes the stamped synthetic stream itself and writes every frame
+    /// to every player as it comes (for `fanout-peers.sh`'s `floor`).
+    Floor {
+        /// Address to serve HTTP-FLV on (every path plays the stream).
+        #[arg(long, default_value = "127.0.0.1:18090")]
+        http: std::net::SocketAddr,
+        /// Total bitrate, e.g. 1080k.
+        #[arg(long, default_value = "1080k", value_parser = units::parse_bitrate)]
+        bitrate: u64,
+    },
     /// Publish stamped frames and measure their delivery latency through
     /// one or more play URLs (same process, same clock).
     Latency {
@@ -261,6 +273,13 @@ async fn run(command: Command) -> Result<()> {
                 interval,
                 settle,
                 json,
+            })
+            .await?;
+        }
+        Command::Floor { http, bitrate } => {
+            floor::run(floor::FloorOptions {
+                listen: http,
+                bitrate,
             })
             .await?;
         }
