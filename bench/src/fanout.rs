@@ -355,27 +355,39 @@ pub async fn run(opts: FanoutOptions) -> Result<Report> {
     Ok(report)
 }
 
+/// How long a probe waits before trying again after a refused play.
+const PROBE_RETRY: Duration = Duration::from_millis(100);
+
 /// Plays `url` with one player until a keyframe arrives; fails after
-/// `timeout`. Scripts use it to wait until a stream is live.
+/// `timeout`. Scripts use it to wait until a stream is live, so a play
+/// refused because the stream is not published yet (an HTTP-FLV 404) is
+/// tried again until then.
 pub async fn probe(url: &str, timeout: Duration) -> Result<()> {
     let target = Target::parse(url)?;
     let tls = tls_client(&target, None)?;
-    let ctx = Rc::new(PlayerCtx {
-        target,
-        deadline: Instant::now() + timeout,
-        connect_timeout: timeout,
-        counters: Counters::default(),
-        stop_at_keyframe: true,
-        tls,
-        read_every: Duration::ZERO,
-        unwoken: false,
-        late_window: None,
-        byte_window: None,
-    });
-    let result = play(ctx, false).await;
-    if let Outcome::Failed(e) = &result.outcome {
-        bail!("{url}: {e}");
-    }
+    let deadline = Instant::now() + timeout;
+    let result = loop {
+        let ctx = Rc::new(PlayerCtx {
+            target: target.clone(),
+            deadline,
+            connect_timeout: timeout,
+            counters: Counters::default(),
+            stop_at_keyframe: true,
+            tls: tls.clone(),
+            read_every: Duration::ZERO,
+            unwoken: false,
+            late_window: None,
+            byte_window: None,
+        });
+        let result = play(ctx, false).await;
+        match &result.outcome {
+            Outcome::Failed(_) if Instant::now() + PROBE_RETRY < deadline => {
+                tokio::time::sleep(PROBE_RETRY).await;
+            }
+            Outcome::Failed(e) => bail!("{url}: {e}"),
+            _ => break result,
+        }
+    };
     match result.tracker.first_keyframe_at {
         Some(at) => {
             println!(

@@ -3,18 +3,21 @@
 //!
 //! A bare tokio fan-out with nothing a media server needs: it makes the
 //! synthetic stamped stream itself (no ingest, no protocol state), frames
-//! every frame as an FLV tag once, and each player's task writes each tag
-//! the moment it arrives (`write_all`, no coalescing, no GOP cache, no
-//! limits, no API). A server's CPU per GB above this line is what its
-//! features and design cost; below it, only fewer and larger writes can
-//! take it.
+//! every frame as an FLV tag once, gathers the tags of each write budget
+//! (`--budget`, 80 ms like Baton's `write_coalesce`; 0: every frame on
+//! its own) into one shared batch, and each player's task writes each
+//! batch with one vectored write the moment it comes (no GOP cache, no
+//! limits, no API, one task per player). A server's CPU per GB above
+//! this line, at the same budget, is what its features and design cost.
 //!
 //! A player that falls a whole broadcast buffer behind is disconnected
 //! (and counted in the log): the floor keeps no per-player queue.
 
 use std::cell::RefCell;
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -28,12 +31,14 @@ use tokio::time::{sleep_until, timeout, Instant};
 use crate::synth::{StreamShape, SyntheticStream};
 use crate::wallstamp;
 
-/// Tags a player may lag behind before it is cut: about 6 s of the
-/// synthetic stream (73 frames a second).
-const BROADCAST_FRAMES: usize = 512;
+/// Batches a player may lag behind before it is cut: over 6 s of the
+/// synthetic stream at any budget.
+const BROADCAST_BATCHES: usize = 512;
 /// The longest request head read, and how long it may take.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Tags per vectored write.
+const MAX_IOVECS: usize = 64;
 
 const RESPONSE_HEAD: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Type: video/x-flv\r\nConnection: close\r\nCache-Control: no-cache\r\n\r\n";
@@ -43,10 +48,15 @@ pub struct FloorOptions {
     pub listen: SocketAddr,
     /// Bits per second of the synthetic stream, audio included.
     pub bitrate: u64,
+    /// A batch is sent once its oldest tag is this old; zero sends each
+    /// tag on its own.
+    pub budget: Duration,
 }
 
-/// One frame as every player writes it.
-#[derive(Clone)]
+/// The tags of one budget, as every player writes them.
+type Batch = Arc<Vec<Tag>>;
+
+/// One frame as an FLV tag.
 struct Tag {
     bytes: Bytes,
     keyframe: bool,
@@ -57,13 +67,19 @@ pub async fn run(opts: FloorOptions) -> Result<()> {
     let listener = TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("binding {}", opts.listen))?;
-    let (tags, _) = broadcast::channel::<Tag>(BROADCAST_FRAMES);
+    let (tags, _) = broadcast::channel::<Batch>(BROADCAST_BATCHES);
     let headers: Rc<RefCell<Vec<Bytes>>> = Rc::default();
-    tokio::task::spawn_local(generate(opts.bitrate, tags.clone(), headers.clone()));
+    tokio::task::spawn_local(generate(
+        opts.bitrate,
+        opts.budget,
+        tags.clone(),
+        headers.clone(),
+    ));
     eprintln!(
-        "floor: http://{}/live/bench.flv ({} kbit/s, every path plays it)",
+        "floor: http://{}/live/bench.flv ({} kbit/s, {:?} write budget, every path plays it)",
         opts.listen,
-        opts.bitrate / 1000
+        opts.bitrate / 1000,
+        opts.budget
     );
     loop {
         let (socket, peer) = match listener.accept().await {
@@ -83,12 +99,28 @@ pub async fn run(opts: FloorOptions) -> Result<()> {
     }
 }
 
-/// The stream in real time, stamped like `publish --stamp`.
-async fn generate(bitrate: u64, tags: broadcast::Sender<Tag>, headers: Rc<RefCell<Vec<Bytes>>>) {
+/// The stream in real time, stamped like `publish --stamp`, sent in
+/// batches once the oldest tag of a batch is `budget` old.
+async fn generate(
+    bitrate: u64,
+    budget: Duration,
+    batches: broadcast::Sender<Batch>,
+    headers: Rc<RefCell<Vec<Bytes>>>,
+) {
     let start = Instant::now();
     let mut seq = 0u64;
+    let mut batch = Vec::new();
+    let mut batch_due: Option<Instant> = None;
+    // No receivers yet is fine: the stream runs regardless.
+    let send = |batch: &mut Vec<Tag>| drop(batches.send(Arc::new(std::mem::take(batch))));
     for (at, frame) in SyntheticStream::new(StreamShape::for_bitrate(bitrate)) {
-        sleep_until(start + at).await;
+        let due = start + at;
+        if let Some(flush_at) = batch_due.filter(|&flush_at| flush_at <= due) {
+            sleep_until(flush_at).await;
+            send(&mut batch);
+            batch_due = None;
+        }
+        sleep_until(due).await;
         let stamped = wallstamp::stamp(&frame, seq, wallstamp::now_ns());
         seq += u64::from(stamped.is_some());
         let frame = stamped.as_ref().unwrap_or(&frame);
@@ -97,11 +129,15 @@ async fn generate(bitrate: u64, tags: broadcast::Sender<Tag>, headers: Rc<RefCel
             headers.borrow_mut().push(bytes);
             continue;
         }
-        // No receivers yet is fine: the stream runs regardless.
-        let _ = tags.send(Tag {
+        batch.push(Tag {
             bytes,
             keyframe: frame.is_keyframe(),
         });
+        if budget.is_zero() {
+            send(&mut batch);
+        } else {
+            batch_due.get_or_insert(Instant::now() + budget);
+        }
     }
 }
 
@@ -109,7 +145,7 @@ async fn generate(bitrate: u64, tags: broadcast::Sender<Tag>, headers: Rc<RefCel
 /// sequence headers, then every tag from the next keyframe on.
 async fn play(
     mut socket: TcpStream,
-    mut tags: broadcast::Receiver<Tag>,
+    mut batches: broadcast::Receiver<Batch>,
     headers: Vec<Bytes>,
 ) -> Result<()> {
     timeout(REQUEST_TIMEOUT, read_request_head(&mut socket))
@@ -123,18 +159,40 @@ async fn play(
     }
     let mut started = false;
     loop {
-        let tag = match tags.recv().await {
-            Ok(tag) => tag,
+        let batch = match batches.recv().await {
+            Ok(batch) => batch,
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                anyhow::bail!("disconnected: {n} frames behind the broadcast buffer")
+                anyhow::bail!("disconnected: {n} batches behind the broadcast buffer")
             }
             Err(broadcast::error::RecvError::Closed) => return Ok(()),
         };
-        started |= tag.keyframe;
-        if started {
-            socket.write_all(&tag.bytes).await?;
+        let from = if started {
+            0
+        } else {
+            match batch.iter().position(|tag| tag.keyframe) {
+                Some(keyframe) => keyframe,
+                None => continue,
+            }
+        };
+        started = true;
+        for tags in batch[from..].chunks(MAX_IOVECS) {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            for (slot, tag) in slices.iter_mut().zip(tags) {
+                *slot = IoSlice::new(&tag.bytes);
+            }
+            write_all_vectored(&mut socket, &mut slices[..tags.len()]).await?;
         }
     }
+}
+
+/// Writes every slice, with as few writes as the socket allows.
+async fn write_all_vectored(socket: &mut TcpStream, mut slices: &mut [IoSlice<'_>]) -> Result<()> {
+    while !slices.is_empty() {
+        let n = socket.write_vectored(slices).await?;
+        anyhow::ensure!(n > 0, "the socket took no bytes");
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
 }
 
 async fn read_request_head(socket: &mut TcpStream) -> Result<()> {

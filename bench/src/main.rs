@@ -162,6 +162,10 @@ enum Command {
         /// Total bitrate, e.g. 1080k.
         #[arg(long, default_value = "1080k", value_parser = units::parse_bitrate)]
         bitrate: u64,
+        /// Tags are written in batches once the oldest is this old (Baton's
+        /// `write_coalesce` default); 0 writes every frame on its own.
+        #[arg(long, default_value = "80ms", value_parser = units::parse_duration)]
+        budget: Duration,
     },
     /// Publish stamped frames and measure their delivery latency through
     /// one or more play URLs (same process, same clock).
@@ -276,10 +280,15 @@ async fn run(command: Command) -> Result<()> {
             })
             .await?;
         }
-        Command::Floor { http, bitrate } => {
+        Command::Floor {
+            http,
+            bitrate,
+            budget,
+        } => {
             floor::run(floor::FloorOptions {
                 listen: http,
                 bitrate,
+                budget,
             })
             .await?;
         }
