@@ -136,8 +136,8 @@ pub fn discard_queued(socket: &tokio::net::TcpStream) -> io::Result<Option<u64>>
     let mut total = 0u64;
     loop {
         let discarded = socket.try_io(tokio::io::Interest::READABLE, || {
-            // SAFETY: with MSG_TRUNC, TCP never writes to the buffer, and
-            // the null pointer with a length is what the call documents.
+            // SAFETY: with MSG_TRUNC, TCP discards the bytes and never
+            // writes to the buffer (tcp(7)), so none is passed.
             let n = unsafe {
                 libc::recv(
                     fd,

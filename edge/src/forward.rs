@@ -31,12 +31,9 @@ use crate::retry::OriginPicker;
 use crate::settings::OriginAddr;
 use crate::status::StatusCell;
 use crate::streams::EdgeCore;
-use crate::upstream::{fail_on_error, is_unauthorized, Upstream};
+use crate::upstream::{fail_on_error, is_unauthorized, Upstream, MOVE_POLL};
 
 const SETUP_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often a pending planned move is looked at when nothing else wakes
-/// the forward.
-const MOVE_POLL: Duration = Duration::from_millis(10);
 
 /// A prepared next upstream: where, and the connection (publish accepted).
 type Prepared = Result<(OriginAddr, Upstream), String>;

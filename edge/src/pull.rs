@@ -29,16 +29,10 @@ use crate::retry::OriginPicker;
 use crate::settings::OriginAddr;
 use crate::status::StatusCell;
 use crate::streams::EdgeCore;
-use crate::upstream::{fail_on_error, Upstream};
+use crate::upstream::{fail_on_error, Upstream, MOVE_POLL};
 
 /// How often the pull looks at its clocks (linger, outage) while waiting.
 const TICK: Duration = Duration::from_millis(100);
-/// How often, during a planned move, the pull looks whether the prepared
-/// upstream serves yet. The old upstream goes quiet once its publisher
-/// left, so waiting a whole [`TICK`] on it delayed the hand-over by up to
-/// 100 ms whenever the new one announced the stream after the old one's
-/// last event (players then stalled ~105 ms instead of ~45).
-const MOVE_POLL: Duration = Duration::from_millis(10);
 /// Bound on connecting to an origin and creating a stream.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(2);
 /// While the upstream has no publisher, how often to ask the origins
@@ -310,6 +304,9 @@ impl Pull {
                     return SessionEnd::NotThere;
                 }
             }
+            // During a planned move, not a whole tick: waiting one on an
+            // old upstream whose publisher left delayed the hand-over by up
+            // to 100 ms (players stalled ~105 ms instead of ~45).
             let wait = if next.is_some() { MOVE_POLL } else { TICK };
             let event = match upstream.next_event(Some(Instant::now() + wait)).await {
                 Ok(Some(event)) => event,

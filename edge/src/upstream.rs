@@ -29,6 +29,11 @@ use crate::settings::OriginAddr;
 const READ_RESERVE: usize = 64 * 1024;
 /// Output a publishing upstream may hold before a write is forced.
 const WRITE_BATCH: usize = 64 * 1024;
+/// How often a pull or a forward in the middle of a planned move looks
+/// whether the prepared upstream is ready. The old upstream may have gone
+/// quiet (its publisher left), so waiting on it alone would delay the
+/// hand-over by whatever else the session waits for.
+pub(crate) const MOVE_POLL: Duration = Duration::from_millis(10);
 
 /// A connected, stream-created RTMP connection to one origin.
 pub struct Upstream {
