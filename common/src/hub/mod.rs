@@ -69,7 +69,8 @@ pub struct HubConfig {
     pub source_idle_timeout: Duration,
     /// Write latency budget: players are woken (one timer per source) once
     /// the oldest frame they have not been given is this old, or sooner
-    /// once a full write's worth is pending (see `wakeup`), so each write
+    /// once a full write's worth is pending, or once it and a small slack
+    /// have passed since the last write (see `wakeup`), so each write
     /// carries everything since the last. Zero wakes players on every
     /// frame.
     pub write_coalesce: Duration,

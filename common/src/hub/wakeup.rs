@@ -29,6 +29,15 @@
 //! [`Wakeup::direct`] and the flusher writes them itself, one after
 //! another, right after bumping the epoch (see [`super::direct`]).
 //!
+//! The budget bounds how long a frame waits; it does not by itself bound
+//! how far apart a player's writes come, which is what a player shows as
+//! a stall: the first push after a flush may come a whole audio frame
+//! later, and the next flush a budget after that. So the flush also
+//! comes once [`WRITE_GAP_SLACK`] past a budget since the last flush, if
+//! anything is pending (see [`flush_deadline`]): at the default 80 ms,
+//! writes come at most 90 ms apart while a stream flows, and inter-frame
+//! gaps stay under 100 ms with the round's own time.
+//!
 //! Relays (an edge pulling from an origin, an edge forwarding a publish)
 //! are not players: they wait on [`Wakeup::immediate`], woken by every
 //! push, so the budget is spent once, at the node that serves the
@@ -46,6 +55,28 @@ use super::direct::{DirectPlayer, DirectPlayers};
 /// without waiting for the budget: about one maximal loopback/GSO segment,
 /// past which a larger write saves nothing more per byte.
 pub(crate) const FLUSH_BYTES: usize = 64 * 1024;
+
+/// How much longer than the budget two flushes may be apart while
+/// frames are pending. Small, so that gaps stay near the budget; not
+/// zero, so that a flush still usually waits for its first frame to be
+/// a budget old, which is what keeps writes (and their cost) few.
+pub(crate) const WRITE_GAP_SLACK: Duration = Duration::from_millis(10);
+
+/// When players are woken for what is pending: once the oldest pending
+/// frame (pushed at `first_push`) is `budget` old, or once
+/// `budget` + [`WRITE_GAP_SLACK`] have passed since the last flush,
+/// whichever is sooner. After a quiet spell longer than that, a frame
+/// goes out at once.
+pub(crate) fn flush_deadline<T>(first_push: T, last_flush: Option<T>, budget: Duration) -> T
+where
+    T: Copy + Ord + std::ops::Add<Duration, Output = T>,
+{
+    let oldest_due = first_push + budget;
+    match last_flush {
+        Some(last) => oldest_due.min(last + budget + WRITE_GAP_SLACK),
+        None => oldest_due,
+    }
+}
 
 /// How many players ahead a round prefetches a player's state: far
 /// enough for the loads to land (one write takes microseconds), near
@@ -98,6 +129,7 @@ impl Wakeup {
 
     async fn run_flusher(&self, budget: Duration) {
         let mut round: Vec<Arc<dyn DirectPlayer>> = Vec::new();
+        let mut last_flush = None;
         loop {
             self.flush_requested.notified().await;
             if self.closed.load(Ordering::Acquire) {
@@ -106,9 +138,10 @@ impl Wakeup {
             let first_push = self.clock_start()
                 + Duration::from_nanos(self.first_push_ns.load(Ordering::Acquire));
             tokio::select! {
-                _ = tokio::time::sleep_until(first_push + budget) => {}
+                _ = tokio::time::sleep_until(flush_deadline(first_push, last_flush, budget)) => {}
                 _ = self.flush_now.notified() => {}
             }
+            last_flush = Some(tokio::time::Instant::now());
             self.pending_bytes.store(0, Ordering::Release);
             self.flush_pending.store(false, Ordering::Release);
             self.wake_players();
@@ -173,6 +206,61 @@ impl Wakeup {
 mod tests {
     use super::*;
     use tokio::time::Instant;
+
+    #[test]
+    fn a_flush_waits_for_the_budget_but_never_lets_writes_drift_apart() {
+        let budget = Duration::from_millis(80);
+        let ms = Duration::from_millis;
+        // The first flush: the oldest frame's budget.
+        assert_eq!(flush_deadline(ms(5), None, budget), ms(85));
+        // A frame right after a flush waits its whole budget.
+        assert_eq!(flush_deadline(ms(102), Some(ms(100)), budget), ms(182));
+        // One that came an audio frame later does not push the next
+        // write past budget + slack from the last one.
+        assert_eq!(
+            flush_deadline(ms(123), Some(ms(100)), budget),
+            ms(180) + WRITE_GAP_SLACK
+        );
+        // After a quiet spell the new frame is due at once (the deadline
+        // has passed).
+        assert!(flush_deadline(ms(500), Some(ms(100)), budget) < ms(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_come_at_most_budget_plus_slack_apart_while_frames_flow() {
+        let budget = Duration::from_millis(80);
+        let (wakeup, coalescing) = Wakeup::new(budget);
+        assert!(coalescing);
+        let epoch = || wakeup.epoch.load(Ordering::Acquire);
+        // Frames every 37 ms (video alone, a little under 30 fps), the
+        // first just after the start: without the slack rule a flush
+        // would often come 80 ms after a frame that came 30 ms after the
+        // last flush.
+        let start = Instant::now();
+        let mut flushes = Vec::new();
+        let mut seen = epoch();
+        for n in 0..40u64 {
+            tokio::time::sleep_until(start + Duration::from_millis(1 + 37 * n)).await;
+            wakeup.data(true, 100);
+            // Sample the epoch each millisecond until the next frame.
+            for _ in 0..37 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                if epoch() != seen {
+                    seen = epoch();
+                    flushes.push(start.elapsed());
+                }
+            }
+        }
+        assert!(flushes.len() > 5, "{flushes:?}");
+        for pair in flushes.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!(
+                gap <= budget + WRITE_GAP_SLACK + Duration::from_millis(1),
+                "writes {gap:?} apart: {flushes:?}"
+            );
+        }
+        wakeup.close();
+    }
 
     #[tokio::test(start_paused = true)]
     async fn players_wake_at_the_budget_or_once_a_full_write_is_pending() {
